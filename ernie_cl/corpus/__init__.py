@@ -1,0 +1,12 @@
+"""Corpus loading: readers -> Documents with sentences, entity and phrase spans, cached as Arrow.
+
+Public API::
+
+    corpus = load_corpus("bundled", cache_dir="~/.cache/ernie-cl")
+    corpus.train, corpus.heldout, corpus.fingerprint, corpus.stats, corpus.from_cache
+"""
+
+from ernie_cl.corpus.document import Document, Section, Sentence, Span
+from ernie_cl.corpus.loader import SOURCES, Corpus, load_corpus, split_heldout
+
+__all__ = ["SOURCES", "Corpus", "Document", "Section", "Sentence", "Span", "load_corpus", "split_heldout"]

@@ -1,0 +1,216 @@
+"""``load_corpus``: pick a reader, parse once into Documents, cache as Arrow, split off held-out.
+
+Parsing (reader -> sentences -> phrase/NER spans) happens only on a cache miss; the cache key
+covers the source files' bytes and every option that changes the documents. The train/held-out
+split is a pure function of document ids and ``eval_fraction``, recomputed after every load, so
+it needs no cache of its own and never changes when the corpus is re-parsed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ernie_cl.corpus import cache, readers, wiki
+from ernie_cl.corpus import phrases as span_sources
+from ernie_cl.corpus.document import Document
+from ernie_cl.corpus.sentences import RawDocument, build_document
+from ernie_cl.errors import CorpusError
+
+SOURCES = ("bundled", "wiki", "txt", "jsonl", "hf", "lines")
+
+
+@dataclass
+class Corpus:
+    documents: list[Document] = field(repr=False)  # every document, reading order
+    train: list[Document] = field(repr=False)
+    heldout: list[Document] = field(repr=False)
+    fingerprint: str  # hex; covers source bytes, parse options and eval_fraction
+    stats: dict[str, int] = field(default_factory=dict)
+    from_cache: bool = False
+    cache_path: Path | None = None  # the Arrow cache folder these documents live in
+
+
+def _split_key(doc_id: str) -> float:
+    return int.from_bytes(hashlib.sha256(doc_id.encode("utf-8")).digest()[:8], "big") / 2.0**64
+
+
+def split_heldout(documents: list[Document],
+                  eval_fraction: float) -> tuple[list[Document], list[Document]]:
+    """(train, heldout) by ``sha256(id)`` in [0, 1) < eval_fraction, both non-empty from 2 documents.
+
+    If the hash sends no document to held-out, the one with the smallest key goes there; if it
+    sends every document, the one with the largest key stays in train. Reading order is kept.
+    """
+    keys = {doc.id: _split_key(doc.id) for doc in documents}
+    heldout_ids = {doc_id for doc_id, key in keys.items() if key < eval_fraction}
+    if len(documents) >= 2:
+        if not heldout_ids:
+            heldout_ids = {min(keys, key=keys.__getitem__)}
+        elif len(heldout_ids) == len(documents):
+            heldout_ids.discard(max(keys, key=keys.__getitem__))
+    train = [doc for doc in documents if doc.id not in heldout_ids]
+    heldout = [doc for doc in documents if doc.id in heldout_ids]
+    return train, heldout
+
+
+def _existing(path: str | Path | None, source: str, kind: str) -> Path:
+    if path is None:
+        raise CorpusError(f"corpus source '{source}' needs a path to a {kind}; pass path=...")
+    resolved = Path(path).expanduser()
+    if not resolved.exists():
+        raise CorpusError(f"corpus path '{path}' does not exist; pass an existing {kind} "
+                          f"for source '{source}'")
+    want_dir = kind.endswith("folder")
+    if resolved.is_dir() != want_dir:
+        raise CorpusError(f"corpus path '{path}' is not a {kind}; source '{source}' reads a {kind}")
+    return resolved
+
+
+def _open_source(source: str, path: str | Path | None, split: str, text_field: str,
+                 title_field: str) -> tuple[str, Any]:
+    """(content hash, reader(stats) -> RawDocuments) for one source; validates the path first."""
+    if source == "bundled":
+        if path is not None:
+            raise CorpusError(f"source 'bundled' takes no path (got '{path}'); drop the path, or pick "
+                              f"the source that reads it: wiki, txt, jsonl, hf or lines")
+        wiki_path, lee_path = readers.bundled_paths()
+
+        def read_bundled(stats: Counter) -> Iterator[RawDocument]:
+            yield from wiki.read_wiki_dump(wiki_path, stats)
+            yield from readers.read_lines_file(lee_path, stats)
+
+        return cache.hash_files([wiki_path, lee_path]), read_bundled
+    if source == "wiki":
+        dump = _existing(path, source, "MediaWiki .xml or .xml.bz2 file")
+        return cache.hash_files([dump]), lambda stats: wiki.read_wiki_dump(dump, stats)
+    if source == "lines":
+        lines = _existing(path, source, "text file with one document per line")
+        return cache.hash_files([lines]), lambda stats: readers.read_lines_file(lines, stats)
+    if source == "txt":
+        folder = _existing(path, source, ".txt folder")
+        files = sorted(p for p in folder.rglob("*.txt") if p.is_file())
+        return cache.hash_files(files, root=folder), lambda stats: readers.read_txt_folder(folder, stats)
+    if source == "jsonl":
+        jsonl = _existing(path, source, "JSONL file")
+        return cache.hash_files([jsonl]), lambda stats: readers.read_jsonl(
+            jsonl, stats, text_field, title_field)
+    if source == "hf":
+        if path is None:
+            raise CorpusError("corpus source 'hf' needs a path: a save_to_disk folder or a dataset name")
+        local = Path(path).expanduser()
+        if not local.exists() and (local.is_absolute() or str(path).startswith((".", "~"))):
+            raise CorpusError(f"corpus path '{path}' does not exist; pass a folder written by "
+                              f"Dataset.save_to_disk, or a Hugging Face dataset name")
+        dataset = readers.load_hf(str(path), split)
+        if local.exists():
+            files = sorted(p for p in local.rglob("*") if p.is_file())
+            content = cache.hash_files(files, root=local)
+        else:  # a hub dataset: datasets' own fingerprint follows its cached files
+            content = cache.hash_values(name=str(path), fingerprint=dataset._fingerprint)
+        return content, lambda stats: readers.read_hf(dataset, str(path), stats, text_field, title_field)
+    raise CorpusError(f"unknown corpus source '{source}'; use one of: {', '.join(SOURCES)}")
+
+
+def _check_options(eval_fraction: float, max_documents: int | None, phrase_min_count: int,
+                   phrase_threshold: float) -> None:
+    if not 0.0 <= eval_fraction < 1.0:
+        raise CorpusError(f"eval_fraction={eval_fraction} is out of range; use a value in [0, 1), e.g. 0.05")
+    if max_documents is not None and max_documents < 1:
+        raise CorpusError(f"max_documents={max_documents} must be at least 1, or None for all documents")
+    if phrase_min_count < 1 or phrase_threshold <= 0:
+        raise CorpusError(f"phrase_min_count={phrase_min_count} must be >= 1 and phrase_threshold="
+                          f"{phrase_threshold} > 0; gensim Phrases needs both")
+
+
+def _parse(read: Any, stats: Counter, *, max_documents: int | None, use_phrases: bool,
+           phrase_min_count: int, phrase_threshold: float, spacy_model: str | None,
+           show_progress: bool) -> list[Document]:
+    from tqdm.auto import tqdm
+
+    nlp = span_sources.load_spacy(spacy_model) if spacy_model else None  # fail before the long parse
+    documents: list[Document] = []
+    seen: set[str] = set()
+    # closing() stops a streaming reader early (max_documents) and closes its file
+    with closing(read(stats)) as stream, tqdm(desc="parsing corpus", unit=" docs",
+                                               disable=not show_progress) as bar:
+        for raw in stream:
+            if raw.id in seen:
+                raise CorpusError(f"duplicate document id '{raw.id}' in the corpus; ids must be unique")
+            seen.add(raw.id)
+            document = build_document(raw)
+            bar.update(1)
+            if document.num_sentences() == 0:
+                stats["empty_documents_dropped"] += 1
+                continue
+            documents.append(document)
+            if max_documents is not None and len(documents) >= max_documents:
+                break
+    if nlp is not None:
+        stats["spacy_entities"] = span_sources.add_spacy_entities(documents, nlp)
+    if use_phrases and documents:
+        total = sum(doc.num_sentences() for doc in documents)
+        with tqdm(total=total, desc="finding phrases", unit=" sents", disable=not show_progress) as bar:
+            span_sources.add_phrase_spans(documents, phrase_min_count, phrase_threshold, progress=bar)
+    return documents
+
+
+def _counts(documents: list[Document]) -> dict[str, int]:
+    sentences = [s for doc in documents for s in doc.sentences()]
+    return {
+        "documents": len(documents),
+        "sections": sum(len(doc.sections) for doc in documents),
+        "paragraphs": sum(1 for doc in documents for _ in doc.paragraphs()),
+        "sentences": len(sentences),
+        "characters": sum(len(s.text) for s in sentences),
+        "entities": sum(len(s.entities) for s in sentences),
+        "phrases": sum(len(s.phrases) for s in sentences),
+    }
+
+
+def load_corpus(source: str = "bundled", path: str | Path | None = None, *, cache_dir: str | Path,
+                max_documents: int | None = None, eval_fraction: float = 0.05, phrases: bool = True,
+                phrase_min_count: int = 5, phrase_threshold: float = 10.0, spacy_model: str | None = None,
+                text_field: str = "text", title_field: str = "title", split: str = "train",
+                show_progress: bool = True) -> Corpus:
+    """Load (parse once, then from the Arrow cache) a corpus and split off held-out documents."""
+    _check_options(eval_fraction, max_documents, phrase_min_count, phrase_threshold)
+    content, read = _open_source(source, path, split, text_field, title_field)
+    parse_options = dict(
+        format=cache.CACHE_FORMAT, code=cache.code_version(), source=source, content=content,
+        max_documents=max_documents,
+        phrases=phrases, phrase_min_count=phrase_min_count if phrases else None,
+        phrase_threshold=phrase_threshold if phrases else None, spacy_model=spacy_model,
+        text_field=text_field, title_field=title_field, split=split if source == "hf" else None,
+    )
+    key = cache.hash_values(**parse_options)
+    target = Path(cache_dir).expanduser() / "corpus" / key
+    cached = cache.load_documents(target)
+    if cached is not None:
+        documents, reader_stats = cached
+    else:
+        stats: Counter = Counter()
+        documents = _parse(read, stats, max_documents=max_documents, use_phrases=phrases,
+                           phrase_min_count=phrase_min_count, phrase_threshold=phrase_threshold,
+                           spacy_model=spacy_model, show_progress=show_progress)
+        if not documents:
+            where = f"'{path}'" if path is not None else f"source '{source}'"
+            hint = f" (or check text_field='{text_field}')" if source in ("jsonl", "hf") else ""
+            raise CorpusError(f"corpus {where} is empty: no document has any text; add documents "
+                              f"with text{hint}")
+        reader_stats = dict(stats)
+        cache.save_documents(target, documents, reader_stats)
+    train, heldout = split_heldout(documents, eval_fraction)
+    base = {"redirects_dropped": 0, "invalid_utf8_replaced": 0, "empty_documents_dropped": 0}
+    stats_out = {**base, **dict(sorted(reader_stats.items())), **_counts(documents),
+                 "train_documents": len(train), "heldout_documents": len(heldout)}
+    return Corpus(
+        documents=documents, train=train, heldout=heldout,
+        fingerprint=cache.hash_values(parse=key, eval_fraction=eval_fraction),
+        stats=stats_out, from_cache=cached is not None, cache_path=target,
+    )

@@ -1,0 +1,155 @@
+"""Flat-text corpus readers: .txt folder, JSONL, Hugging Face datasets, one-document-per-line files.
+
+Each reader yields RawDocuments (one lead section, paragraphs separated by blank lines) and
+counts what it had to repair or skip in ``stats``. Bytes are decoded as UTF-8 with invalid
+sequences replaced by U+FFFD; ``invalid_utf8_replaced`` counts the replaced characters exactly
+(genuine U+FFFD characters already in the file are not counted).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ernie_cl.corpus.document import Span
+from ernie_cl.corpus.sentences import RawDocument, RawSection
+from ernie_cl.errors import CorpusError
+
+_ENCODED_REPLACEMENT = "\ufffd".encode("utf-8")
+BUNDLED_WIKI = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+BUNDLED_LEE = "lee_background.cor"
+
+
+def bundled_paths() -> tuple[Path, Path]:
+    """The Wikipedia sample and Lee corpus inside the installed gensim wheel (gensim not imported)."""
+    spec = importlib.util.find_spec("gensim")
+    if spec is None or not spec.submodule_search_locations:
+        raise CorpusError("the bundled corpus ships inside gensim, which is not installed; run "
+                          "`pip install gensim` or pass another corpus source")
+    data = Path(list(spec.submodule_search_locations)[0]) / "test" / "test_data"
+    wiki, lee = data / BUNDLED_WIKI, data / BUNDLED_LEE
+    for path in (wiki, lee):
+        if not path.is_file():
+            raise CorpusError(f"bundled corpus file '{path}' is missing from the gensim install; "
+                              f"reinstall gensim (`pip install --force-reinstall gensim`)")
+    return wiki, lee
+
+
+def decode(raw: bytes, stats: Counter) -> str:
+    """UTF-8 text with invalid bytes replaced, counting the replacements."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        text = raw.decode("utf-8", errors="replace")
+        stats["invalid_utf8_replaced"] += text.count("\ufffd") - raw.count(_ENCODED_REPLACEMENT)
+        stats["invalid_utf8_documents"] += 1
+        return text
+
+
+def flat_document(doc_id: str, title: str, text: str, entities: list[Span] | None = None) -> RawDocument:
+    return RawDocument(doc_id, title, [RawSection("", text, entities or [])])
+
+
+def read_txt_folder(folder: Path, stats: Counter) -> Iterator[RawDocument]:
+    """One document per .txt file under ``folder`` (recursive, sorted): id = relative path, title = stem."""
+    for path in sorted(folder.rglob("*.txt")):
+        if not path.is_file():
+            continue
+        text = decode(path.read_bytes(), stats).lstrip("\ufeff")
+        yield flat_document(path.relative_to(folder).as_posix(), path.stem, text)
+
+
+def read_lines_file(path: Path, stats: Counter) -> Iterator[RawDocument]:
+    """One document per non-blank line (the Lee .cor format): id ``<stem>:<line number, 4 digits>``."""
+    with open(path, "rb") as stream:
+        for number, raw in enumerate(stream, start=1):
+            text = decode(raw, stats).strip()
+            if text:
+                yield flat_document(f"{path.stem}:{number:04d}", "", text)
+            else:
+                stats["empty_documents_dropped"] += 1
+
+
+def _entity_spans(value: Any, text: str, where: str) -> list[Span]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise CorpusError(f"{where}: 'entities' must be a list of [start, end] pairs; fix the line")
+    spans = []
+    for item in value:
+        ok = (isinstance(item, (list, tuple)) and len(item) == 2
+              and all(isinstance(x, int) and not isinstance(x, bool) for x in item))
+        if not ok or not 0 <= item[0] < item[1] <= len(text):
+            raise CorpusError(f"{where}: entity span {item!r} is not a [start, end] pair with "
+                              f"0 <= start < end <= len(text) = {len(text)}; fix the line")
+        spans.append((item[0], item[1]))
+    return spans
+
+
+def read_jsonl(path: Path, stats: Counter, text_field: str, title_field: str) -> Iterator[RawDocument]:
+    """One document per JSON object line: ``text_field`` (required), ``title_field``, ``id``, ``entities``."""
+    seen: set[str] = set()
+    with open(path, "rb") as stream:
+        for number, raw in enumerate(stream, start=1):
+            line = decode(raw, stats).strip().lstrip("\ufeff")
+            if not line:
+                continue
+            where = f"{path} line {number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise CorpusError(f"{where} is not valid JSON ({err.msg}); each line must be one "
+                                  f"JSON object like {{\"title\": ..., \"{text_field}\": ...}}") from None
+            if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+                raise CorpusError(f"{where} has no string field '{text_field}'; add it or set "
+                                  f"text_field to the field that holds the text")
+            text = record[text_field]
+            doc_id = str(record.get("id", number))
+            if doc_id in seen:
+                raise CorpusError(f"{where}: duplicate document id '{doc_id}'; ids must be unique")
+            seen.add(doc_id)
+            title = record.get(title_field)
+            entities = _entity_spans(record.get("entities"), text, where)
+            yield flat_document(doc_id, title if isinstance(title, str) else "", text, entities)
+
+
+def load_hf(path: str, split: str) -> Any:
+    """A saved dataset folder (DatasetDict -> ``split``) or, if no such path, a hub dataset name."""
+    import datasets  # heavy: import on use
+
+    if Path(path).exists():
+        try:
+            loaded = datasets.load_from_disk(path)
+        except (FileNotFoundError, ValueError) as err:
+            raise CorpusError(f"'{path}' is not a dataset saved with save_to_disk ({err}); "
+                              f"point path at the saved folder") from None
+        if isinstance(loaded, datasets.DatasetDict):
+            if split not in loaded:
+                raise CorpusError(f"dataset '{path}' has no split '{split}'; available: "
+                                  f"{', '.join(loaded)}; set split to one of them")
+            loaded = loaded[split]
+        return loaded
+    try:
+        return datasets.load_dataset(path, split=split)
+    except Exception as err:  # noqa: BLE001 - datasets raises many unrelated types; all mean "cannot load"
+        message = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CorpusError(f"cannot load Hugging Face dataset '{path}' split '{split}' ({message}); "
+                          f"check the name and network, or pass a folder saved with save_to_disk") from None
+
+
+def read_hf(dataset: Any, name: str, stats: Counter, text_field: str,
+            title_field: str) -> Iterator[RawDocument]:
+    """Rows of a loaded Hugging Face dataset: id from an ``id`` column if present, else the row index."""
+    columns = set(dataset.column_names)
+    if text_field not in columns:
+        raise CorpusError(f"dataset '{name}' has no column '{text_field}' (columns: "
+                          f"{', '.join(sorted(columns))}); set text_field to the text column")
+    for index, row in enumerate(dataset):
+        text = row[text_field] if isinstance(row[text_field], str) else ""
+        title = row.get(title_field) if title_field in columns else ""
+        doc_id = str(row["id"]) if "id" in columns else str(index)
+        yield flat_document(doc_id, title if isinstance(title, str) else "", text)

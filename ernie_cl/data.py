@@ -1,0 +1,146 @@
+"""Cached example sets and resumable per-task batch streams.
+
+Examples are built once per (corpus, tokenizer, task configuration, seed, split) and cached as
+Hugging Face ``datasets`` Arrow files under ``CACHE/examples/<task>/<fingerprint>/``; a second run
+loads them memory-mapped. Each document's examples come from an RNG seeded by
+(seed, task, document id), so a build is reproducible and independent of document order.
+
+A task's stream is a function of its position alone: the example at position q is
+``perm_e[q mod N]`` with ``e = q // N`` and ``perm_e`` a permutation seeded by (seed, task, e).
+Resuming therefore only needs the position, and a resumed run draws exactly what the
+uninterrupted run would have drawn.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from ernie_cl.corpus.document import Document
+from ernie_cl.errors import CorpusError
+
+COLUMNS = ("input_ids", "token_type_ids", "labels")
+IGNORE = -100
+
+
+def _features():
+    from datasets import Features, Sequence, Value
+
+    return Features({c: Sequence(Value("int32")) for c in COLUMNS})
+
+
+def examples_fingerprint(task, corpus_fingerprint: str, tokenizer_fingerprint: str, seed: int, split: str) -> str:
+    payload = json.dumps([task.fingerprint_data(), corpus_fingerprint, tokenizer_fingerprint, seed, split], sort_keys=True, default=str)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def build_examples(task, documents: Sequence[Document], seed: int) -> dict[str, list[list[int]]]:
+    """Run a task's generator over documents with a per-document seeded RNG."""
+    columns: dict[str, list[list[int]]] = {c: [] for c in COLUMNS}
+    for doc in documents:
+        rng = random.Random(f"{seed}:{task.name}:{doc.id}")
+        for example in task.build_examples(doc, rng):
+            for c in COLUMNS:
+                columns[c].append(example[c])
+    return columns
+
+
+def cached_examples(task, documents: Sequence[Document], *, split: str, seed: int, corpus_fingerprint: str, cache_dir: str | os.PathLike):
+    """The task's examples for one split as a ``datasets.Dataset`` (built once, then loaded)."""
+    from datasets import Dataset, load_from_disk
+
+    key = examples_fingerprint(task, corpus_fingerprint, task.tokenizer.fingerprint, seed, split)
+    target = Path(cache_dir) / "examples" / task.name / f"{split}-{key}"
+    if not (target / "dataset_info.json").exists():
+        columns = build_examples(task, documents, seed)
+        if not columns["input_ids"]:
+            raise CorpusError(f"task '{task.name}' built no {split} examples from {len(documents)} document(s); use a larger corpus")
+        dataset = Dataset.from_dict(columns, features=_features())
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+        dataset.save_to_disk(str(tmp))
+        if target.exists():  # built concurrently by another process: keep theirs
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, target)
+    return load_from_disk(str(target))
+
+
+def collate(rows: dict[str, Any], pad_id: int, sentence_level: bool, pad_to_multiple: int = 8) -> dict[str, torch.Tensor]:
+    """Pad a batch of ragged rows (as returned by ``Dataset[indices]``) into tensors."""
+    input_ids = rows["input_ids"]
+    longest = max(len(r) for r in input_ids)
+    width = -(-longest // pad_to_multiple) * pad_to_multiple
+    n = len(input_ids)
+    ids = np.full((n, width), pad_id, dtype=np.int64)
+    types = np.zeros((n, width), dtype=np.int64)
+    mask = np.zeros((n, width), dtype=np.int64)
+    labels = np.full((n, 1 if sentence_level else width), IGNORE, dtype=np.int64)
+    for i, (row_ids, row_types, row_labels) in enumerate(zip(input_ids, rows["token_type_ids"], rows["labels"])):
+        k = len(row_ids)
+        ids[i, :k], types[i, :k], mask[i, :k] = row_ids, row_types, 1
+        labels[i, : len(row_labels)] = row_labels
+    return {
+        "input_ids": torch.from_numpy(ids),
+        "token_type_ids": torch.from_numpy(types),
+        "attention_mask": torch.from_numpy(mask),
+        "labels": torch.from_numpy(labels),
+    }
+
+
+class ExampleStream:
+    """An endless, resumable stream of batches over one task's training examples."""
+
+    def __init__(self, dataset, batch_size: int, seed: int, task_name: str, pad_id: int, sentence_level: bool):
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.seed_key = [seed, int(hashlib.sha256(task_name.encode()).hexdigest()[:8], 16)]
+        self.pad_id = pad_id
+        self.sentence_level = sentence_level
+        self.position = 0
+        self._epoch = -1
+        self._perm = np.empty(0, dtype=np.int64)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        if epoch != self._epoch:
+            self._perm = np.random.default_rng(self.seed_key + [epoch]).permutation(len(self.dataset))
+            self._epoch = epoch
+        return self._perm
+
+    def indices(self, start: int, count: int) -> list[int]:
+        n = len(self.dataset)
+        return [int(self._permutation(q // n)[q % n]) for q in range(start, start + count)]
+
+    def next_batch(self) -> dict[str, torch.Tensor]:
+        rows = self.dataset[self.indices(self.position, self.batch_size)]
+        self.position += self.batch_size
+        return collate(rows, self.pad_id, self.sentence_level)
+
+    def state_dict(self) -> dict[str, int]:
+        return {"position": self.position}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.position = int(state["position"])
+
+
+def eval_batches(dataset, batch_size: int, limit: int, pad_id: int, sentence_level: bool):
+    """At most ``limit`` held-out examples spread evenly over the set (so every held-out document
+    is represented), in fixed order and batched: every evaluation sees the same examples."""
+    chosen = eval_indices(len(dataset), limit)
+    for start in range(0, len(chosen), batch_size):
+        yield collate(dataset[chosen[start : start + batch_size]], pad_id, sentence_level)
+
+
+def eval_indices(size: int, limit: int) -> list[int]:
+    if size <= limit:
+        return list(range(size))
+    return sorted({int(i) for i in np.linspace(0, size - 1, limit)})

@@ -1,0 +1,87 @@
+"""Creating the DeepSpeed engine: process group, optimizer, learning-rate schedule, config merge.
+
+On a machine without a GPU DeepSpeed picks its CPU accelerator and the gloo backend; on a GPU the
+same code runs unchanged with NCCL. A single process started without a launcher gets the
+environment a launcher would have set (rank 0 of 1).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import socket
+from typing import Any
+
+import torch
+
+from .config import TrainingConfig
+from .errors import ConfigError
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> None:
+    import deepspeed
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return
+    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
+        os.environ.setdefault(key, value)
+    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    deepspeed.init_distributed(verbose=False)
+
+
+def lr_lambda(warmup_steps: int, total_steps: int, min_ratio: float):
+    """Linear warm-up to the peak, then linear decay to ``min_ratio`` of it at the last step."""
+    def factor(step: int) -> float:
+        if warmup_steps and step < warmup_steps:
+            return (step + 1) / warmup_steps
+        span = max(1, total_steps - warmup_steps)
+        return max(min_ratio, 1.0 - (1.0 - min_ratio) * (step - warmup_steps) / span)
+    return factor
+
+
+def merged_ds_config(ds_cfg: dict[str, Any], training: TrainingConfig) -> dict[str, Any]:
+    """The DeepSpeed config with the schedule's batch size and clipping filled in."""
+    cfg = copy.deepcopy(ds_cfg)
+    for key in ("train_batch_size", "optimizer", "scheduler"):
+        if key in cfg:
+            raise ConfigError(f"DeepSpeed config: remove '{key}'; ernie-cl sets it from the schedule's training section")
+    cfg["train_micro_batch_size_per_gpu"] = training.batch_size
+    cfg.setdefault("gradient_accumulation_steps", 1)
+    cfg["gradient_clipping"] = training.grad_clip
+    cfg.setdefault("steps_per_print", 10**9)
+    cfg.setdefault("wall_clock_breakdown", False)
+    low_precision = any(cfg.get(k, {}).get("enabled") for k in ("bf16", "fp16"))
+    if low_precision and not torch.cuda.is_available():
+        raise ConfigError("the DeepSpeed config enables bf16/fp16 but no GPU is present; use deepspeed: zero0 (fp32) on CPU")
+    return cfg
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on biases, LayerNorm weights and embedding tables (standard BERT practice)."""
+    decay, no_decay, seen = [], [], set()
+    for module_name, module in model.named_modules():
+        for name, param in module.named_parameters(recurse=False):
+            if id(param) in seen or not param.requires_grad:
+                continue  # tied weights appear twice
+            seen.add(id(param))
+            exempt = name == "bias" or isinstance(module, (torch.nn.LayerNorm, torch.nn.Embedding))
+            (no_decay if exempt else decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def create_engine(model: torch.nn.Module, ds_cfg: dict[str, Any], training: TrainingConfig, total_steps: int):
+    import deepspeed
+
+    init_distributed()
+    config = merged_ds_config(ds_cfg, training)
+    optimizer = torch.optim.AdamW(param_groups(model, training.weight_decay), lr=training.lr, betas=training.betas)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(training.warmup_steps, total_steps, training.min_lr_ratio))
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=schedule, config=config)
+    return engine

@@ -1,0 +1,37 @@
+"""User-facing errors: one line that names the problem and how to fix it.
+
+The CLI prints ``ernie-cl: error: <message>`` and exits with ``exit_code``; the traceback is shown
+only with ``--debug``. Library code raises these instead of asserting on user input.
+"""
+
+from __future__ import annotations
+
+
+class ErnieClError(Exception):
+    """Base class of every error that is the user's to fix or a clearly reported runtime fault."""
+
+    exit_code = 1
+
+
+class ConfigError(ErnieClError):
+    """A schedule, model or DeepSpeed config (or a command-line argument) is wrong."""
+
+    exit_code = 2
+
+
+class CorpusError(ErnieClError):
+    """The corpus is missing, unreadable, empty, or too small for a task."""
+
+    exit_code = 2
+
+
+class TaskRegistrationError(ErnieClError):
+    """A pre-training task module breaks the task protocol (raised at import time)."""
+
+    exit_code = 1
+
+
+class CheckpointError(ErnieClError):
+    """A checkpoint is missing, incomplete or does not match the run."""
+
+    exit_code = 2

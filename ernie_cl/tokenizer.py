@@ -1,0 +1,158 @@
+"""Tokenizer: train a WordPiece vocabulary on the corpus, or load any local Hugging Face tokenizer.
+
+Training uses `tokenizers` (BERT normalizer, lowercasing by default as the English ERNIE 2.0 release
+did, so capitalization is a real prediction target). A trained tokenizer is cached under
+``CACHE/tokenizers/<fingerprint>/`` where the fingerprint covers the corpus and the settings, and is
+saved as an ordinary Hugging Face tokenizer directory (``AutoTokenizer.from_pretrained`` loads it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Optional
+
+from .errors import ConfigError
+
+SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+
+@dataclass
+class EncodedText:
+    """One text's sub-tokens with character offsets into the original text and word indices."""
+
+    ids: list[int]
+    offsets: list[tuple[int, int]]
+    word_ids: list[Optional[int]]
+
+
+class TextTokenizer:
+    """A thin, typed view of a fast Hugging Face tokenizer with the ids the tasks need."""
+
+    def __init__(self, hf_tokenizer, fingerprint: str, lowercase: bool):
+        if not getattr(hf_tokenizer, "is_fast", False):
+            raise ConfigError("the tokenizer must be a fast (Rust) Hugging Face tokenizer; save one with tokenizer.json")
+        self.hf = hf_tokenizer
+        self.fingerprint = fingerprint
+        self.lowercase = lowercase
+        self._backend = hf_tokenizer.backend_tokenizer
+
+        def special(*names: str) -> int:
+            for n in names:
+                value = getattr(hf_tokenizer, n, None)
+                if value is not None:
+                    return int(value)
+            raise ConfigError(f"the tokenizer has none of the special tokens {names}; add them to the tokenizer")
+
+        self.pad_id = special("pad_token_id")
+        self.cls_id = special("cls_token_id", "bos_token_id")
+        self.sep_id = special("sep_token_id", "eos_token_id")
+        self.mask_id = special("mask_token_id")
+        self.unk_id = special("unk_token_id")
+        self.special_ids = frozenset(int(i) for i in hf_tokenizer.all_special_ids)
+        self.vocab_size = len(hf_tokenizer)
+
+    def encode_batch(self, texts: list[str]) -> list[EncodedText]:
+        """Encode without special tokens; offsets point into the given (cased) texts."""
+        encodings = self._backend.encode_batch(texts, add_special_tokens=False)
+        return [EncodedText(list(e.ids), list(e.offsets), list(e.word_ids)) for e in encodings]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.hf.decode(list(ids))
+
+    def id_to_token(self, token_id: int) -> str:
+        return self.hf.convert_ids_to_tokens(int(token_id))
+
+    def save(self, directory: str | os.PathLike) -> None:
+        self.hf.save_pretrained(str(directory))
+
+
+def _hf_fast_tokenizer_from_backend(backend):
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        unk_token="[UNK]",
+        pad_token="[PAD]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+    )
+
+
+def train_wordpiece(texts: Iterable[str], vocab_size: int, lowercase: bool, min_frequency: int = 2):
+    """Train a BERT-style WordPiece tokenizer and wrap it as a Hugging Face fast tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    backend = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    backend.normalizer = normalizers.BertNormalizer(clean_text=True, lowercase=lowercase, strip_accents=lowercase)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece()
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS, show_progress=False
+    )
+    backend.train_from_iterator(texts, trainer=trainer)
+    cls_id, sep_id = backend.token_to_id("[CLS]"), backend.token_to_id("[SEP]")
+    backend.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]",
+        pair="[CLS] $A [SEP] $B:1 [SEP]:1",
+        special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)],
+    )
+    return _hf_fast_tokenizer_from_backend(backend)
+
+
+def load_tokenizer(path: str | os.PathLike) -> TextTokenizer:
+    """Load a local Hugging Face tokenizer directory (never from a hub)."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    if not path.is_dir():
+        raise ConfigError(f"tokenizer directory '{path}' does not exist; give a local Hugging Face tokenizer folder")
+    try:
+        hf = AutoTokenizer.from_pretrained(str(path), local_files_only=True, use_fast=True)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot load a tokenizer from '{path}': {str(exc).splitlines()[0]}") from exc
+    digest = hashlib.sha256()
+    for f in sorted(path.glob("*")):
+        if f.is_file():
+            digest.update(f.name.encode())
+            digest.update(f.read_bytes())
+    lowercase = bool(getattr(hf, "do_lower_case", False)) or _backend_lowercases(hf.backend_tokenizer)
+    return TextTokenizer(hf, fingerprint=digest.hexdigest()[:16], lowercase=lowercase)
+
+
+def _backend_lowercases(backend) -> bool:
+    # The normalizer's JSON says whether it lowercases (BertNormalizer or a Lowercase step).
+    spec = json.loads(backend.to_str()).get("normalizer") or {}
+    text = json.dumps(spec)
+    return '"Lowercase"' in text or '"lowercase": true' in text
+
+
+def build_or_load_tokenizer(
+    texts: Iterable[str],
+    corpus_fingerprint: str,
+    cache_dir: str | os.PathLike,
+    vocab_size: int,
+    lowercase: bool = True,
+) -> TextTokenizer:
+    """Train on the corpus once; later calls with the same corpus and settings load the cache."""
+    key = hashlib.sha256(json.dumps([corpus_fingerprint, vocab_size, lowercase, "wordpiece-v1"]).encode()).hexdigest()[:16]
+    target = Path(cache_dir) / "tokenizers" / key
+    if not (target / "tokenizer.json").exists():
+        hf = train_wordpiece(texts, vocab_size=vocab_size, lowercase=lowercase)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
+        hf.save_pretrained(str(tmp))
+        if target.exists():  # another process won the race; keep its copy
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, target)
+    tok = load_tokenizer(target)
+    tok.fingerprint = key
+    tok.lowercase = lowercase
+    return tok

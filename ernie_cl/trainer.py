@@ -1,0 +1,159 @@
+"""Staged pre-training on the DeepSpeed engine.
+
+One loop level per stage (on stage start the task mixture and budgets change; nothing else does),
+one optimizer step per curriculum step. Before training and after every stage all tasks of the
+schedule are evaluated on held-out examples, a stage checkpoint is written and ``summary.json``
+is rewritten. Every step goes to ``metrics.jsonl``, the progress bar and wandb.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+
+from . import checkpoint as ckpt
+from .config import ScheduleConfig, load_deepspeed_config, load_model_config, load_schedule
+from .curriculum import Curriculum, allocate_budgets
+from .data import ExampleStream
+from .encoder import ErnieEncoder, build_backbone
+from .engine import create_engine
+from .errors import CheckpointError
+from .evaluation import evaluate, trivial_baselines
+from .logging_sinks import MetricsLog, WandbSink, print_eval_table
+from .preparation import default_cache_dir, prepare
+
+
+def train(
+    schedule_path: str | os.PathLike,
+    run_dir: str | os.PathLike,
+    resume: Optional[str] = None,
+    wandb_mode: str = "offline",
+    cache_dir: Optional[str | os.PathLike] = None,
+    show_progress: bool = True,
+) -> dict[str, Any]:
+    """Run (or resume) a schedule; returns the summary also written to ``RUN/summary.json``."""
+    schedule_path = Path(schedule_path)
+    schedule = load_schedule(schedule_path)
+    model_cfg = load_model_config(schedule.model, schedule_path.parent)
+    ds_cfg = load_deepspeed_config(schedule.deepspeed, schedule_path.parent)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    training = schedule.training
+    torch.set_num_threads(training.threads or os.cpu_count() or 1)
+    identity = {"schedule": schedule.model_dump(mode="json"), "model": model_cfg}
+
+    resume_from = ckpt.resolve_resume(resume, run_dir) if resume else None
+    if resume == "auto" and resume_from is None:
+        print(f"ernie-cl: no complete checkpoint in {run_dir}; starting from the beginning")
+
+    prepared = prepare(schedule, model_cfg, Path(cache_dir or default_cache_dir()), show_progress=show_progress)
+    tokenizer, tasks = prepared.tokenizer, prepared.tasks
+    torch.manual_seed(schedule.seed)
+    model = ErnieEncoder(build_backbone(model_cfg, tokenizer, training.seq_len), tasks)
+    curriculum = Curriculum(allocate_budgets(schedule), schedule.seed)
+    engine = create_engine(model, ds_cfg, training, curriculum.total_steps)
+    device = engine.device
+    streams = {
+        name: ExampleStream(prepared.train_sets[name], training.batch_size, schedule.seed, name,
+                            tokenizer.pad_id, task.level == "sentence")
+        for name, task in tasks.items()
+    }
+    baselines = trivial_baselines(tasks, prepared.eval_sets, training.eval_examples)
+
+    def run_eval() -> dict[str, Any]:
+        return evaluate(engine.module, tasks, prepared.eval_sets, baselines, training.eval_examples,
+                        training.eval_batch_size, tokenizer.pad_id, device)
+
+    counters = {"tokens_seen": 0}
+    summary: dict[str, Any] = {"schedule": str(schedule_path), "stages": []}
+    wandb_id = None
+    if resume_from is not None:
+        state = ckpt.load_checkpoint(engine, resume_from)
+        _check_same_run(state, identity, resume_from)
+        curriculum.load_state_dict(state["curriculum"])
+        for name, stream in streams.items():
+            stream.load_state_dict(state["streams"][name])
+        counters = state["counters"]
+        summary = state["summary"]
+        wandb_id = state.get("wandb_run_id")
+        print(f"ernie-cl: resumed from {resume_from} at step {state['global_step']}")
+
+    metrics = MetricsLog(run_dir / "metrics.jsonl", keep_until_step=curriculum.global_step)
+    sink = WandbSink(wandb_mode, run_dir, schedule, run_id=wandb_id)
+    if "init_eval" not in summary:
+        summary["init_eval"] = run_eval()
+        print_eval_table("before training", summary["init_eval"])
+        sink.log_eval(summary["init_eval"], step=0)
+        _write_summary(run_dir, summary)
+
+    progress = _progress_bar(curriculum, show_progress)
+    while not curriculum.finished:
+        stage = curriculum.current_stage
+        for step in curriculum.stage_steps():
+            started = time.perf_counter()
+            batch = {k: v.to(device) for k, v in streams[step.task].next_batch().items()}
+            loss, logits, targets = engine(**batch, task=step.task)
+            engine.backward(loss)
+            engine.step()
+            loss_value = float(loss.detach())
+            correct, total = tasks[step.task].metric_counts(logits.detach(), targets)
+            tokens = int(batch["attention_mask"].sum())
+            counters["tokens_seen"] += tokens
+            elapsed = time.perf_counter() - started
+            record = {
+                "step": step.global_step, "stage": stage.name, "stage_index": stage.index, "task": step.task,
+                "loss": loss_value, f"{step.task}/loss": loss_value, "train_accuracy": correct / max(total, 1),
+                "lr": engine.get_lr()[0], "tokens_per_s": tokens / elapsed, "tokens_seen": counters["tokens_seen"],
+            }
+            if step.global_step % training.log_every == 0 or step.step_in_stage == stage.steps - 1:
+                metrics.write(record)
+                sink.log_step(record)
+            progress.update(1)
+            progress.set_postfix(stage=stage.name, task=step.task, loss=f"{loss_value:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+        curriculum.next_stage()
+        result = run_eval()
+        summary["stages"].append({"name": stage.name, "end_step": curriculum.global_step, "eval": result})
+        progress.clear()
+        print_eval_table(f"after stage '{stage.name}' (step {curriculum.global_step})", result)
+        sink.log_eval(result, step=curriculum.global_step)
+        state = {
+            "global_step": curriculum.global_step, "curriculum": curriculum.state_dict(),
+            "streams": {n: s.state_dict() for n, s in streams.items()}, "counters": counters,
+            "summary": summary, "wandb_run_id": sink.run_id, "identity": identity,
+        }
+        ckpt.save_checkpoint(engine, run_dir, f"stage-{stage.index + 1:02d}-{_slug(stage.name)}", state)
+        _write_summary(run_dir, summary)
+    progress.close()
+    metrics.close()
+    sink.finish(summary)
+    return summary
+
+
+def _check_same_run(state: dict[str, Any], identity: dict[str, Any], where: Path) -> None:
+    saved = state.get("identity", {})
+    for part in ("schedule", "model"):
+        if saved.get(part) != identity[part]:
+            keys = sorted(k for k in set(saved.get(part, {})) | set(identity[part])
+                          if saved.get(part, {}).get(k) != identity[part].get(k))
+            raise CheckpointError(f"cannot resume from {where}: the {part} config changed since it was written "
+                                  f"(differs in: {', '.join(keys)}); use a new --run-dir or restore the old config")
+
+
+def _write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    ckpt.write_json_durably(run_dir / "summary.json", summary)
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in name)[:40]
+
+
+def _progress_bar(curriculum: Curriculum, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=curriculum.total_steps, initial=curriculum.global_step, desc="pre-training",
+                unit="step", disable=not enabled, dynamic_ncols=True)

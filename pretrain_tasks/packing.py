@@ -1,0 +1,78 @@
+"""Packing a document's consecutive sentences into full-length token sequences, with a word map.
+
+Token-level tasks (knowledge masking, capitalization, token-document relation) all read the same
+kind of input: ``[CLS] sentence sentence ... [SEP]`` filled up to ``seq_len`` so no compute is
+spent on padding. Each chunk keeps, for every word, where its sub-tokens sit and which characters
+of which sentence it covers, so tasks can label words and map entity/phrase spans onto tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ernie_cl.corpus.document import Document, Sentence
+from ernie_cl.tokenizer import TextTokenizer
+
+
+@dataclass
+class Word:
+    token_start: int  # position of the first sub-token in the chunk's ``ids`` (no [CLS] offset)
+    token_end: int  # exclusive
+    sentence: int  # index into the chunk's ``sentences``
+    char_start: int  # character span in that sentence's text
+    char_end: int
+
+
+@dataclass
+class Chunk:
+    ids: list[int] = field(default_factory=list)
+    words: list[Word] = field(default_factory=list)
+    sentences: list[Sentence] = field(default_factory=list)
+
+
+def pack_document(doc: Document, tokenizer: TextTokenizer, seq_len: int) -> list[Chunk]:
+    """Greedily pack consecutive sentences into chunks of at most ``seq_len - 2`` sub-tokens
+    (room for [CLS] and [SEP]). A sentence longer than that is cut at the limit."""
+    budget = seq_len - 2
+    sentences = [s for s in doc.sentences() if s.text.strip()]
+    encodings = tokenizer.encode_batch([s.text for s in sentences])
+    chunks: list[Chunk] = []
+    current = Chunk()
+    for sentence, enc in zip(sentences, encodings):
+        n = min(len(enc.ids), budget)
+        if n == 0:
+            continue
+        if current.ids and len(current.ids) + n > budget:
+            chunks.append(current)
+            current = Chunk()
+        base = len(current.ids)
+        s_index = len(current.sentences)
+        current.sentences.append(sentence)
+        current.ids.extend(enc.ids[:n])
+        last_word = None
+        for pos in range(n):
+            wid = enc.word_ids[pos]
+            start, end = enc.offsets[pos]
+            if wid is not None and wid == last_word:
+                word = current.words[-1]
+                word.token_end = base + pos + 1
+                word.char_end = max(word.char_end, end)
+            else:
+                current.words.append(Word(base + pos, base + pos + 1, s_index, start, end))
+            last_word = wid
+    if current.ids:
+        chunks.append(current)
+    return chunks
+
+
+def span_word_groups(chunk: Chunk, spans_of: str) -> list[list[int]]:
+    """Indices of the chunk's words covered by each entity (``spans_of="entities"``) or phrase
+    span; spans that cover no whole word are dropped."""
+    groups: list[list[int]] = []
+    for s_index, sentence in enumerate(chunk.sentences):
+        word_indices = [i for i, w in enumerate(chunk.words) if w.sentence == s_index]
+        for start, end in getattr(sentence, spans_of):
+            inside = [i for i in word_indices if chunk.words[i].char_start >= start and chunk.words[i].char_end <= end]
+            if inside:
+                groups.append(inside)
+    return groups
