@@ -46,6 +46,7 @@ def examples_fingerprint(task, corpus_fingerprint: str, tokenizer_fingerprint: s
 def build_examples(task, documents: Sequence[Document], seed: int) -> dict[str, list[list[int]]]:
     """Run a task's generator over documents with a per-document seeded RNG."""
     columns: dict[str, list[list[int]]] = {c: [] for c in COLUMNS}
+    task.fit(documents)
     for doc in documents:
         rng = random.Random(f"{seed}:{task.name}:{doc.id}")
         for example in task.build_examples(doc, rng):

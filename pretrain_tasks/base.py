@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from typing import Any, ClassVar, Iterable, Literal
+from typing import Any, ClassVar, Iterable, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -65,6 +65,12 @@ class PretrainTask:
         raise NotImplementedError
 
     # --- defaults a task may override ---------------------------------------------------------
+    def fit(self, documents: Sequence[Document]) -> None:
+        """See the whole split once before ``build_examples`` is called on its documents: for tasks
+        that pair a document with others (negatives from other documents, a BM25 index) or need
+        corpus statistics. Raise ``CorpusError`` naming the task and what it needs when the split
+        is too small. The default needs nothing."""
+
     def validate_options(self) -> None:
         """Raise ConfigError for option values that make no sense."""
 

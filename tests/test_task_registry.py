@@ -20,8 +20,16 @@ TASK_NAMES = sorted(registered_tasks())
 
 
 @pytest.fixture
-def task_factory(tokenizer):
-    return lambda name: get_task_class(name)(tokenizer, SEQ_LEN)
+def task_factory(tokenizer, rich_document, many_documents):
+    """A task with default options, fitted on a split holding the contract document and 120 others
+    (tasks that pair a document with other documents need them)."""
+
+    def make(name):
+        task = get_task_class(name)(tokenizer, SEQ_LEN)
+        task.fit([rich_document, *many_documents[:40]])
+        return task
+
+    return make
 
 
 @pytest.fixture
