@@ -57,7 +57,9 @@ def build_examples(task, documents: Sequence[Document], seed: int) -> dict[str, 
 
 def cached_examples(task, documents: Sequence[Document], *, split: str, seed: int, corpus_fingerprint: str, cache_dir: str | os.PathLike):
     """The task's examples for one split as a ``datasets.Dataset`` (built once, then loaded)."""
-    from datasets import Dataset, load_from_disk
+    from datasets import Dataset, disable_progress_bars, load_from_disk
+
+    disable_progress_bars()  # one bar per cache write is noise; the run has its own progress bar
 
     key = examples_fingerprint(task, corpus_fingerprint, task.tokenizer.fingerprint, seed, split)
     target = Path(cache_dir) / "examples" / task.name / f"{split}-{key}"

@@ -24,7 +24,20 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def quiet_deepspeed() -> None:
+    """Name the accelerator on CPU-only machines (DeepSpeed otherwise warns while guessing) and
+    keep DeepSpeed's info-level chatter out of the console."""
+    import logging
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from deepspeed.utils import logger
+
+    logger.setLevel(logging.WARNING)
+
+
 def init_distributed() -> None:
+    quiet_deepspeed()
     import deepspeed
     import torch.distributed as dist
 

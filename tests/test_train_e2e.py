@@ -1,0 +1,164 @@
+"""A tiny two-stage run on the bundled corpus through the real DeepSpeed engine and offline wandb,
+its outputs (summary.json, metrics.jsonl, stage checkpoints), and resuming from a stage checkpoint
+after a crash in stage 2 — compared with the uninterrupted run, with a negative control."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from ernie_cl.trainer import train
+
+ROOT = Path(__file__).resolve().parent.parent
+MICRO_MODEL = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+               "intermediate_size": 64, "max_position_embeddings": 128}
+TASKS = ["knowledge_masking", "capitalization"]
+
+
+@pytest.fixture(scope="module")
+def schedule_file(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("schedule")
+    (folder / "micro.yaml").write_text(yaml.safe_dump(MICRO_MODEL))
+    schedule = {
+        "name": "e2e", "seed": 3, "model": "micro.yaml", "deepspeed": "zero0",
+        "corpus": {"source": "bundled", "max_documents": 40, "eval_fraction": 0.1},
+        "tokenizer": {"vocab_size": 1000},
+        "training": {"batch_size": 4, "seq_len": 64, "lr": 2e-3, "warmup_steps": 2,
+                     "eval_examples": 16, "eval_batch_size": 16, "threads": 2},
+        # 2 stages -> 3 units: knowledge_masking 6 + 3, capitalization 6 in stage 2
+        "tasks": {"knowledge_masking": {"iterations": 9}, "capitalization": {"iterations": 6}},
+        "stages": [{"name": "km", "tasks": ["knowledge_masking"]},
+                   {"name": "km+cap", "tasks": ["knowledge_masking", "capitalization"]}],
+    }
+    path = folder / "e2e.yaml"
+    path.write_text(yaml.safe_dump(schedule))
+    return path
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def full_run(schedule_file, cache_dir, tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("runs") / "full"
+    train(schedule_file, run_dir, wandb_mode="offline", cache_dir=cache_dir, show_progress=False)
+    return run_dir
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
+    state = torch.load(run_dir / "checkpoints" / "stage-02-km-cap" / "mp_rank_00_model_states.pt", weights_only=True)
+    return state["module"]
+
+
+def crash_during_stage_2(full: Path, target: Path) -> Path:
+    """A copy of the finished run as it would look after dying in stage 2: stage-2 checkpoint
+    gone, metrics.jsonl already holding lines past the stage-1 checkpoint."""
+    shutil.copytree(full, target)
+    shutil.rmtree(target / "checkpoints" / "stage-02-km-cap")
+    return target
+
+
+def test_summary_follows_the_contract(full_run, schedule_file):
+    summary = json.loads((full_run / "summary.json").read_text())
+    assert summary["schedule"] == str(schedule_file)
+    assert [s["name"] for s in summary["stages"]] == ["km", "km+cap"]
+    assert [s["end_step"] for s in summary["stages"]] == [6, 15]
+    for result in [summary["init_eval"], *(s["eval"] for s in summary["stages"])]:
+        assert set(result) == set(TASKS)
+        for task_result in result.values():
+            assert set(task_result) == {"loss", "metric", "metric_name", "baseline"}
+            assert task_result["metric_name"] == "accuracy" and 0 < task_result["baseline"] < 1
+            assert 0 <= task_result["metric"] <= 1 and task_result["loss"] > 0
+    # masking loss starts near log(vocab) and must drop after training on it
+    assert summary["stages"][-1]["eval"]["knowledge_masking"]["loss"] < summary["init_eval"]["knowledge_masking"]["loss"]
+
+
+def test_every_step_is_logged_with_its_stage_and_task(full_run):
+    rows = metrics(full_run)
+    assert [r["step"] for r in rows] == list(range(1, 16))
+    assert all(r["task"] == "knowledge_masking" and r["stage"] == "km" for r in rows[:6])
+    stage2 = [r["task"] for r in rows[6:]]
+    assert stage2.count("knowledge_masking") == 3 and stage2.count("capitalization") == 6
+    for r in rows:
+        assert r["loss"] > 0 and r["lr"] > 0 and r["tokens_per_s"] > 0 and r[f"{r['task']}/loss"] == r["loss"]
+
+
+def test_stage_checkpoints_and_offline_wandb_files_are_written(full_run):
+    checkpoints = sorted(p.name for p in (full_run / "checkpoints").iterdir() if p.is_dir())
+    assert checkpoints == ["stage-01-km", "stage-02-km-cap"]
+    for name, step in (("stage-01-km", 6), ("stage-02-km-cap", 15)):
+        state = json.loads((full_run / "checkpoints" / name / "trainer_state.json").read_text())
+        assert state["global_step"] == step
+    assert list((full_run / "wandb").glob("offline-run-*/run-*.wandb"))
+
+
+def test_resume_after_a_crash_in_stage_2_matches_the_uninterrupted_run(full_run, schedule_file, cache_dir, tmp_path):
+    resumed = crash_during_stage_2(full_run, tmp_path / "resumed")
+    summary = train(schedule_file, resumed, resume="auto", wandb_mode="offline", cache_dir=cache_dir, show_progress=False)
+    assert metrics(resumed) == [{**r, "tokens_per_s": m["tokens_per_s"]} for r, m in zip(metrics(full_run), metrics(resumed))]
+    assert summary == json.loads((full_run / "summary.json").read_text())
+    expected, got = final_weights(full_run), final_weights(resumed)
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    # the resumed run continued the same wandb run
+    assert {p.name.rsplit("-", 1)[-1] for p in (resumed / "wandb").glob("offline-run-*")} == \
+        {p.name.rsplit("-", 1)[-1] for p in (full_run / "wandb").glob("offline-run-*")}
+
+
+def test_negative_control_a_resume_that_loses_the_data_position_is_detected(full_run, schedule_file, cache_dir, tmp_path):
+    broken = crash_during_stage_2(full_run, tmp_path / "broken")
+    state_file = broken / "checkpoints" / "stage-01-km" / "trainer_state.json"
+    state = json.loads(state_file.read_text())
+    state["streams"] = {name: {"position": 0} for name in state["streams"]}  # restart the data streams
+    state_file.write_text(json.dumps(state))
+    train(schedule_file, broken, resume="auto", wandb_mode="disabled", cache_dir=cache_dir, show_progress=False)
+    losses = [r["loss"] for r in metrics(broken)[6:]]
+    assert losses != [r["loss"] for r in metrics(full_run)[6:]]
+    assert any(not torch.equal(a, b) for a, b in zip(final_weights(full_run).values(), final_weights(broken).values()))
+
+
+def test_resume_auto_on_a_finished_run_changes_nothing(full_run, schedule_file, cache_dir, tmp_path):
+    again = tmp_path / "again"
+    shutil.copytree(full_run, again)
+    summary = train(schedule_file, again, resume="auto", wandb_mode="disabled", cache_dir=cache_dir, show_progress=False)
+    assert summary == json.loads((full_run / "summary.json").read_text())
+    assert metrics(again) == metrics(full_run)
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "ernie_cl.cli", *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_resume_from_a_missing_checkpoint_is_one_line(schedule_file, tmp_path):
+    result = run_cli("train", str(schedule_file), "--run-dir", str(tmp_path / "r"), "--resume", str(tmp_path / "nope"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == [f"ernie-cl: error: checkpoint '{tmp_path / 'nope'}' does not exist; "
+                                                  "pass a folder under RUN/checkpoints/ or --resume auto"]
+
+
+def test_an_empty_corpus_is_one_line_error(schedule_file, tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "empty.txt").write_text("\n\n   \n")
+    schedule = yaml.safe_load(schedule_file.read_text())
+    schedule["model"] = str(schedule_file.parent / "micro.yaml")
+    schedule["corpus"] = {"source": "txt", "path": str(corpus)}
+    path = tmp_path / "empty.yaml"
+    path.write_text(yaml.safe_dump(schedule))
+    result = run_cli("train", str(path), "--run-dir", str(tmp_path / "run"), "--cache-dir", str(tmp_path / "cache"), "--wandb", "disabled", "--no-progress")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "empty" in lines[0] and str(corpus) in lines[0]
