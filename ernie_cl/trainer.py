@@ -70,7 +70,7 @@ def train(
                         training.eval_batch_size, tokenizer.pad_id, device)
 
     counters = {"tokens_seen": 0}
-    summary: dict[str, Any] = {"schedule": str(schedule_path), "stages": []}
+    summary: dict[str, Any] = {"schedule": str(schedule_path), "init_eval": {}, "stages": []}
     wandb_id = None
     if resume_from is not None:
         state = ckpt.load_checkpoint(engine, resume_from)
@@ -85,7 +85,7 @@ def train(
 
     metrics = MetricsLog(run_dir / "metrics.jsonl", keep_until_step=curriculum.global_step)
     sink = WandbSink(wandb_mode, run_dir, schedule, run_id=wandb_id)
-    if "init_eval" not in summary:
+    if not summary["init_eval"]:
         summary["init_eval"] = run_eval()
         print_eval_table("before training", summary["init_eval"])
         sink.log_eval(summary["init_eval"], step=0)

@@ -1,0 +1,83 @@
+"""The shared encoder (HF backbones, task embeddings, heads) and the tokenizer cache."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ernie_cl.encoder import ErnieEncoder, build_backbone
+from ernie_cl.errors import ConfigError
+from ernie_cl.tokenizer import build_or_load_tokenizer, load_tokenizer
+from pretrain_tasks import get_task_class
+
+TINY = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,
+        "max_position_embeddings": 130}
+
+
+def make_encoder(tokenizer, model_type="bert", **extra):
+    backbone = build_backbone({"model_type": model_type, **TINY, **extra}, tokenizer, seq_len=64)
+    tasks = {n: get_task_class(n)(tokenizer, 64) for n in ("knowledge_masking", "capitalization")}
+    return ErnieEncoder(backbone, tasks).eval()
+
+
+@pytest.mark.parametrize("model_type", ["bert", "roberta", "ernie"])
+def test_task_embedding_changes_the_hidden_states(tokenizer, model_type):
+    torch.manual_seed(0)
+    model = make_encoder(tokenizer, model_type)
+    ids = torch.randint(5, tokenizer.vocab_size, (2, 12))
+    mask, types = torch.ones_like(ids), torch.zeros_like(ids)
+    h0, h1 = model.encode(ids, mask, types, 0), model.encode(ids, mask, types, 1)
+    assert h0.shape == (2, 12, 32) and not torch.allclose(h0, h1)
+    # with both task vectors equal the outputs are equal: the task embedding is the only difference
+    with torch.no_grad():
+        model.task_embeddings.weight[1] = model.task_embeddings.weight[0]
+    assert torch.allclose(model.encode(ids, mask, types, 1), h0)
+
+
+def test_forward_gives_the_loss_of_the_named_task(tokenizer):
+    torch.manual_seed(0)
+    model = make_encoder(tokenizer)
+    ids = torch.randint(5, tokenizer.vocab_size, (2, 10))
+    labels = torch.full_like(ids, -100)
+    labels[0, 3], labels[1, 5] = 1, 0
+    loss, logits, targets = model(ids, torch.ones_like(ids), torch.zeros_like(ids), labels, task="capitalization")
+    assert logits.shape == (2, 2) and targets.tolist() == [1, 0]
+    assert torch.isclose(loss, torch.nn.functional.cross_entropy(logits, targets))
+
+
+def test_masking_head_is_tied_to_the_backbone_embeddings(tokenizer):
+    model = make_encoder(tokenizer)
+    assert model.heads["knowledge_masking"].decoder.weight is model.backbone.get_input_embeddings().weight
+
+
+def test_a_local_pretrained_directory_is_loaded(tokenizer, tmp_path):
+    torch.manual_seed(0)
+    original = build_backbone({"model_type": "bert", **TINY}, tokenizer, seq_len=64)
+    original.save_pretrained(tmp_path / "model")
+    loaded = build_backbone({"pretrained": str(tmp_path / "model")}, tokenizer, seq_len=64)
+    for (name, a), b in zip(original.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_sequence_longer_than_the_position_table_is_refused(tokenizer):
+    with pytest.raises(ConfigError, match="longer than the model's position table"):
+        build_backbone({"model_type": "bert", **TINY, "max_position_embeddings": 32}, tokenizer, seq_len=64)
+    with pytest.raises(ConfigError, match="does not exist"):
+        build_backbone({"pretrained": "/nonexistent/model"}, tokenizer, seq_len=64)
+
+
+def test_trained_tokenizer_is_cached_by_corpus_fingerprint_and_loads_as_hf(corpus_texts, tmp_path):
+    first = build_or_load_tokenizer(iter(corpus_texts), "corpus-a", tmp_path, vocab_size=300)
+    cached = list((tmp_path / "tokenizers").iterdir())
+    # same corpus and settings: loaded from the cache (an empty text stream could not train one)
+    again = build_or_load_tokenizer(iter([]), "corpus-a", tmp_path, vocab_size=300)
+    assert again.fingerprint == first.fingerprint and list((tmp_path / "tokenizers").iterdir()) == cached
+    other = build_or_load_tokenizer(iter(corpus_texts), "corpus-b", tmp_path, vocab_size=300)
+    assert other.fingerprint != first.fingerprint and len(list((tmp_path / "tokenizers").iterdir())) == 2
+    # lowercasing: the input carries no case, offsets still point into the cased text
+    enc = first.encode_batch(["Paris Visited"])[0]
+    assert enc.ids == first.encode_batch(["paris visited"])[0].ids
+    assert [(a, b) for a, b in enc.offsets][0] == (0, 5)
+    # an ordinary Hugging Face tokenizer directory
+    loaded = load_tokenizer(cached[0])
+    assert loaded.lowercase and loaded.mask_id == first.mask_id and loaded.vocab_size == first.vocab_size
