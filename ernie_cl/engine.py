@@ -24,13 +24,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def quiet_deepspeed() -> None:
-    """Name the accelerator on CPU-only machines (DeepSpeed otherwise warns while guessing) and
-    keep DeepSpeed's info-level chatter out of the console."""
-    import logging
-
+def name_accelerator() -> None:
+    """On CPU-only machines tell DeepSpeed so (it otherwise warns while guessing). Must run before
+    anything imports deepspeed, transformers' integration included."""
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+
+def quiet_deepspeed() -> None:
+    """Keep DeepSpeed's info-level chatter out of the console."""
+    import logging
+
+    name_accelerator()
     from deepspeed.utils import logger
 
     logger.setLevel(logging.WARNING)

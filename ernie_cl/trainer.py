@@ -21,11 +21,12 @@ from .config import ScheduleConfig, load_deepspeed_config, load_model_config, lo
 from .curriculum import Curriculum, allocate_budgets
 from .data import ExampleStream
 from .encoder import ErnieEncoder, build_backbone
-from .engine import create_engine
+from .engine import create_engine, name_accelerator
 from .errors import CheckpointError
 from .evaluation import evaluate, trivial_baselines
 from .logging_sinks import MetricsLog, WandbSink, print_eval_table
 from .preparation import default_cache_dir, prepare
+from .progress import progress_bar
 
 
 def train(
@@ -37,6 +38,7 @@ def train(
     show_progress: bool = True,
 ) -> dict[str, Any]:
     """Run (or resume) a schedule; returns the summary also written to ``RUN/summary.json``."""
+    name_accelerator()
     schedule_path = Path(schedule_path)
     schedule = load_schedule(schedule_path)
     model_cfg = load_model_config(schedule.model, schedule_path.parent)
@@ -114,7 +116,7 @@ def train(
                 metrics.write(record)
                 sink.log_step(record)
             progress.update(1)
-            progress.set_postfix(stage=stage.name, task=step.task, loss=f"{loss_value:.3f}", tok_s=f"{record['tokens_per_s']:.0f}")
+            progress.set_postfix(stage=stage.name, task=step.task, loss=f"{loss_value:.3f}", tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
         curriculum.next_stage()
         result = run_eval()
         summary["stages"].append({"name": stage.name, "end_step": curriculum.global_step, "eval": result})
@@ -153,7 +155,5 @@ def _slug(name: str) -> str:
 
 
 def _progress_bar(curriculum: Curriculum, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=curriculum.total_steps, initial=curriculum.global_step, desc="pre-training",
-                unit="step", disable=not enabled, dynamic_ncols=True)
+    return progress_bar(total=curriculum.total_steps, initial=curriculum.global_step, desc="pre-training",
+                        unit="step", disable=not enabled)

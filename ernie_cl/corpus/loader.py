@@ -131,13 +131,13 @@ def _check_options(eval_fraction: float, max_documents: int | None, phrase_min_c
 def _parse(read: Any, stats: Counter, *, max_documents: int | None, use_phrases: bool,
            phrase_min_count: int, phrase_threshold: float, spacy_model: str | None,
            show_progress: bool) -> list[Document]:
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     nlp = span_sources.load_spacy(spacy_model) if spacy_model else None  # fail before the long parse
     documents: list[Document] = []
     seen: set[str] = set()
     # closing() stops a streaming reader early (max_documents) and closes its file
-    with closing(read(stats)) as stream, tqdm(desc="parsing corpus", unit=" docs",
+    with closing(read(stats)) as stream, progress_bar(desc="parsing corpus", unit=" docs",
                                                disable=not show_progress) as bar:
         for raw in stream:
             if raw.id in seen:
@@ -155,7 +155,7 @@ def _parse(read: Any, stats: Counter, *, max_documents: int | None, use_phrases:
         stats["spacy_entities"] = span_sources.add_spacy_entities(documents, nlp)
     if use_phrases and documents:
         total = sum(doc.num_sentences() for doc in documents)
-        with tqdm(total=total, desc="finding phrases", unit=" sents", disable=not show_progress) as bar:
+        with progress_bar(total=total, desc="finding phrases", unit=" sents", disable=not show_progress) as bar:
             span_sources.add_phrase_spans(documents, phrase_min_count, phrase_threshold, progress=bar)
     return documents
 
