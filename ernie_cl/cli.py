@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
                                        "--examples N: N decoded training examples of that task on the schedule's corpus.")
     tasks.add_argument("name", nargs="?", help="a task name")
     tasks.add_argument("--examples", type=int, default=3, metavar="N", help="how many examples to print (default 3)")
+    tasks.add_argument("--stats", action="store_true",
+                       help="print the label distribution over the corpus and the trivial baseline instead of examples")
     tasks.add_argument("--schedule", default=str(DEFAULT_SCHEDULE), help="schedule whose corpus and settings to use (default: demo)")
     tasks.add_argument("--cache-dir", help="cache folder (as for train)")
 
@@ -89,6 +91,11 @@ def _tasks(args: argparse.Namespace) -> int:
     task, dataset = prepared.tasks[args.name], prepared.train_sets[args.name]
     print(f"{args.name}: {len(dataset)} training examples, {len(prepared.eval_sets[args.name])} held-out; "
           f"{task.num_labels} labels; level {task.level}")
+    if args.stats:
+        from .evaluation import label_statistics
+
+        print(label_statistics(task, dataset, prepared.eval_sets[args.name]))
+        return 0
     for i in range(min(args.examples, len(dataset))):
         print(f"\n--- example {i} ---\n{task.describe_example(dataset[i])}")
     return 0

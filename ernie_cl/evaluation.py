@@ -6,6 +6,7 @@ depend on the evaluation batch size.
 
 from __future__ import annotations
 
+from collections import Counter
 from typing import Any
 
 import torch
@@ -48,3 +49,20 @@ def evaluate(model: torch.nn.Module, tasks: dict[str, Any], eval_sets: dict[str,
         }
     model.train(was_training)
     return results
+
+
+def label_statistics(task, train_set, eval_set, top: int = 15) -> str:
+    """A readable label distribution of a task's examples, with its trivial baseline."""
+    counts: Counter[int] = Counter()
+    for row in train_set["labels"]:
+        counts.update(x for x in row if x != -100)
+    total = sum(counts.values())
+    lines = [f"targets in training examples: {total} over {len(counts)} distinct labels (of {task.num_labels})"]
+    for label, n in counts.most_common(top):
+        lines.append(f"  {label:>6}  {task.label_name(label):<28} {n:>9}  {n / total:7.2%}")
+    if len(counts) > top:
+        lines.append(f"  ... {len(counts) - top} more labels")
+    lines.append(f"trivial baseline (always the most common label), training set: {counts.most_common(1)[0][1] / total:.4f}"
+                 if total else "no targets")
+    lines.append(f"trivial baseline on the held-out examples: {task.trivial_baseline(eval_set['labels']):.4f}")
+    return "\n".join(lines)

@@ -63,10 +63,6 @@ class SentenceTask(PretrainTask):
         # BERT's pooler (dense + tanh) then a classifier, owned by the task.
         return nn.Sequential(nn.Linear(hidden_size, hidden_size), nn.Tanh(), nn.Linear(hidden_size, self.num_labels))
 
-    def label_name(self, label: int) -> str:
-        """A readable name of a class id (override for named classes)."""
-        return str(label)
-
     def describe_example(self, example: dict[str, list[int]]) -> str:
         lines = [f"  segment {i}: {self.tokenizer.decode(seg)}" for i, seg in enumerate(split_segments(self.tokenizer, example["input_ids"]))]
         label = example["labels"][0]

@@ -100,6 +100,10 @@ class PretrainTask:
         total = sum(counts.values())
         return counts.most_common(1)[0][1] / total if total else 0.0
 
+    def label_name(self, label: int) -> str:
+        """A readable name of a label id (class name, or token for vocabulary-sized heads)."""
+        return str(label)
+
     def describe_example(self, example: dict[str, list[int]]) -> str:
         """Human-readable rendering of one example (``ernie-cl tasks NAME --examples N``)."""
         tokens = [self.tokenizer.id_to_token(i) for i in example["input_ids"]]

@@ -61,6 +61,9 @@ class Capitalization(PackedTokenTask):
     def num_labels(self) -> int:
         return 2
 
+    def label_name(self, label: int) -> str:
+        return "Capitalized" if label == 1 else "lowercase"
+
     def label_chunk(self, chunk: Chunk, rng: random.Random) -> tuple[list[int], list[int]]:
         return list(chunk.ids), capitalization_labels(chunk)
 

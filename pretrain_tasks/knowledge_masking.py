@@ -195,6 +195,9 @@ class KnowledgeMasking(PackedTokenTask):
     def make_head(self, hidden_size: int, input_embeddings: nn.Embedding) -> nn.Module:
         return MaskedTokenHead(hidden_size, input_embeddings, self.num_labels)
 
+    def label_name(self, label: int) -> str:
+        return self.tokenizer.id_to_token(label)
+
     def describe_example(self, example: dict[str, list[int]]) -> str:
         """Tokens as the model sees them; a target shows its original token in braces:
         ``the [MASK]{cat} sat``."""

@@ -162,3 +162,18 @@ def test_an_empty_corpus_is_one_line_error(schedule_file, tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "empty" in lines[0] and str(corpus) in lines[0]
+
+
+def test_tasks_command_shows_decoded_examples_and_label_statistics(full_run, schedule_file, cache_dir):
+    common = ["--schedule", str(schedule_file), "--cache-dir", str(cache_dir)]
+    shown = run_cli("tasks", "knowledge_masking", "--examples", "2", *common)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.count("--- example") == 2 and "[MASK]{" in shown.stdout
+    stats = run_cli("tasks", "capitalization", "--stats", *common)
+    assert stats.returncode == 0, stats.stderr
+    rows = [line.split() for line in stats.stdout.splitlines() if line.strip().startswith(("0 ", "1 "))]
+    assert {r[1] for r in rows} == {"lowercase", "Capitalized"}
+    shares = {r[1]: float(r[3].rstrip("%")) for r in rows}
+    assert abs(sum(shares.values()) - 100) < 0.05 and shares["lowercase"] > shares["Capitalized"]
+    baseline = float(stats.stdout.split("training set: ")[1].split()[0])
+    assert abs(baseline - shares["lowercase"] / 100) < 1e-4
