@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import multiprocessing
 import os
 import random
 import shutil
@@ -43,10 +44,8 @@ def examples_fingerprint(task, corpus_fingerprint: str, tokenizer_fingerprint: s
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
-def build_examples(task, documents: Sequence[Document], seed: int) -> dict[str, list[list[int]]]:
-    """Run a task's generator over documents with a per-document seeded RNG."""
+def _build_shard(task, documents: Sequence[Document], seed: int) -> dict[str, list[list[int]]]:
     columns: dict[str, list[list[int]]] = {c: [] for c in COLUMNS}
-    task.fit(documents)
     for doc in documents:
         rng = random.Random(f"{seed}:{task.name}:{doc.id}")
         for example in task.build_examples(doc, rng):
@@ -55,7 +54,37 @@ def build_examples(task, documents: Sequence[Document], seed: int) -> dict[str, 
     return columns
 
 
-def cached_examples(task, documents: Sequence[Document], *, split: str, seed: int, corpus_fingerprint: str, cache_dir: str | os.PathLike):
+# What forked workers read: set just before the pool forks, so nothing large is pickled to them.
+_FORKED: dict[str, Any] = {}
+
+
+def _build_forked_shard(bounds: tuple[int, int]) -> dict[str, list[list[int]]]:
+    start, end = bounds
+    return _build_shard(_FORKED["task"], _FORKED["documents"][start:end], _FORKED["seed"])
+
+
+def build_examples(task, documents: Sequence[Document], seed: int, workers: int = 1) -> dict[str, list[list[int]]]:
+    """Fit the task on the split, then run its generator over every document with a per-document
+    seeded RNG. With ``workers > 1`` document shards are built in forked processes; the result is
+    identical to a serial build (same RNG per document, shards concatenated in order)."""
+    task.fit(documents)
+    can_fork = "fork" in multiprocessing.get_all_start_methods()
+    if workers <= 1 or len(documents) < 2 * workers or not can_fork:
+        return _build_shard(task, documents, seed)
+    shards = max(workers * 4, 1)
+    edges = [round(i * len(documents) / shards) for i in range(shards + 1)]
+    _FORKED.update(task=task, documents=documents, seed=seed)
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the Rust pool must not be used across a fork
+    try:
+        with multiprocessing.get_context("fork").Pool(workers) as pool:
+            parts = pool.map(_build_forked_shard, list(zip(edges[:-1], edges[1:])))
+    finally:
+        _FORKED.clear()
+    return {c: [row for part in parts for row in part[c]] for c in COLUMNS}
+
+
+def cached_examples(task, documents: Sequence[Document], *, split: str, seed: int, corpus_fingerprint: str,
+                    cache_dir: str | os.PathLike, workers: int = 1):
     """The task's examples for one split as a ``datasets.Dataset`` (built once, then loaded)."""
     from datasets import Dataset, disable_progress_bars, load_from_disk
 
@@ -64,7 +93,7 @@ def cached_examples(task, documents: Sequence[Document], *, split: str, seed: in
     key = examples_fingerprint(task, corpus_fingerprint, task.tokenizer.fingerprint, seed, split)
     target = Path(cache_dir) / "examples" / task.name / f"{split}-{key}"
     if not (target / "dataset_info.json").exists():
-        columns = build_examples(task, documents, seed)
+        columns = build_examples(task, documents, seed, workers)
         if not columns["input_ids"]:
             raise CorpusError(f"task '{task.name}' built no {split} examples from {len(documents)} document(s); use a larger corpus")
         dataset = Dataset.from_dict(columns, features=_features())

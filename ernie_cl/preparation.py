@@ -83,7 +83,8 @@ def prepare(
         options = schedule.tasks[name].options if name in schedule.tasks else {}
         tasks[name] = get_task_class(name)(tokenizer, seq_len, options)
     prepared = Prepared(corpus, tokenizer, tasks)
-    common = dict(seed=schedule.seed, corpus_fingerprint=corpus.fingerprint, cache_dir=cache_dir)
+    workers = schedule.training.data_workers or os.cpu_count() or 1
+    common = dict(seed=schedule.seed, corpus_fingerprint=corpus.fingerprint, cache_dir=cache_dir, workers=workers)
     for name, task in tasks.items():
         prepared.train_sets[name] = cached_examples(task, corpus.train, split="train", **common)
         prepared.eval_sets[name] = cached_examples(task, corpus.heldout, split="heldout", **common)
