@@ -56,6 +56,8 @@ class TrainingConfig(_Strict):
     eval_examples: int = Field(default=512, gt=0)
     eval_batch_size: int = Field(default=64, gt=0)
     log_every: int = Field(default=1, gt=0)
+    # co-active knowledge_masking / capitalization / token_document_relation share one forward pass
+    fuse_token_tasks: bool = True
     threads: Optional[int] = Field(default=None, gt=0)  # torch threads; default: all cores
     data_workers: Optional[int] = Field(default=None, gt=0)  # processes building examples; default: all cores
 

@@ -11,6 +11,11 @@ it has left in the stage. Drawing without replacement in proportion to what is l
 uniformly random arrangement of the multiset {task: budget}, so a stage's plan is a seeded
 permutation of that multiset: deterministic from (seed, stage index), every budget spent exactly,
 and resumable from the step position alone.
+
+Shared forward passes: co-active token-level tasks that read the same packed input (knowledge
+masking, capitalization, token-document relation) can be fused: one step then trains several of
+them on one batch and one forward pass, each spending one iteration of its budget (ERNIE 2.0 combined
+several token-level losses in one update). See ``Curriculum.plan`` for how fused steps are placed.
 """
 
 from __future__ import annotations
@@ -29,10 +34,13 @@ class Stage:
     index: int
     name: str
     budgets: dict[str, int]  # task -> iterations in this stage, in the schedule's task order
+    fused: tuple[str, ...] = ()  # co-active token-level tasks that share one forward pass
 
     @property
     def steps(self) -> int:
-        return sum(self.budgets.values())
+        """Optimizer steps in the stage: a fused step spends one iteration of each of its tasks."""
+        unfused = sum(n for t, n in self.budgets.items() if t not in self.fused)
+        return unfused + (max(self.budgets[t] for t in self.fused) if self.fused else 0)
 
 
 @dataclass(frozen=True)
@@ -40,7 +48,20 @@ class Step:
     global_step: int  # 1-based count of optimizer steps over the whole run
     stage: Stage
     step_in_stage: int  # 0-based
-    task: str
+    tasks: tuple[str, ...]  # one task, or the fused token-level tasks trained on one shared input
+
+    @property
+    def task(self) -> str:
+        return "+".join(self.tasks)
+
+
+def fuse_token_tasks(stages: list[Stage], fusable: set[str]) -> list[Stage]:
+    """Mark, in every stage, the co-active tasks that can share one forward pass (two or more)."""
+    out = []
+    for stage in stages:
+        group = tuple(t for t in stage.budgets if t in fusable)
+        out.append(Stage(stage.index, stage.name, stage.budgets, group if len(group) >= 2 else ()))
+    return out
 
 
 def allocate_budgets(schedule: ScheduleConfig) -> list[Stage]:
@@ -94,13 +115,29 @@ class Curriculum:
     def finished(self) -> bool:
         return self.stage_index >= len(self.stages)
 
-    def plan(self, stage_index: int) -> list[str]:
-        """The task of every step of a stage (a seeded permutation of the budget multiset)."""
+    def plan(self, stage_index: int) -> list[tuple[str, ...]]:
+        """The task(s) of every step of a stage: a seeded permutation of the budget multiset, in
+        which a fused group counts as one unit with the largest budget of its tasks; the g-th step
+        of the group includes task t when floor((g+1) b_t / B) > floor(g b_t / B), which spreads
+        t's b_t iterations evenly over the group's B steps and spends them exactly."""
         stage = self.stages[stage_index]
-        names = list(stage.budgets)
-        pool = np.repeat(np.arange(len(names)), [stage.budgets[n] for n in names])
-        order = np.random.default_rng([self.seed, stage_index]).permutation(pool)
-        return [names[i] for i in order]
+        units: list[tuple[str, ...]] = []
+        for task in stage.budgets:
+            if task not in stage.fused:
+                units.append((task,))
+            elif task == stage.fused[0]:
+                units.append(stage.fused)
+        sizes = [stage.budgets[u[0]] if len(u) == 1 else max(stage.budgets[t] for t in u) for u in units]
+        order = np.random.default_rng([self.seed, stage_index]).permutation(np.repeat(np.arange(len(units)), sizes))
+        plan, group_step = [], 0
+        for i in order:
+            if units[i] != stage.fused:
+                plan.append(units[i])
+                continue
+            big = sizes[i]
+            plan.append(tuple(t for t in units[i] if (group_step + 1) * stage.budgets[t] // big > group_step * stage.budgets[t] // big))
+            group_step += 1
+        return plan
 
     @property
     def current_stage(self) -> Stage:
@@ -111,7 +148,7 @@ class Curriculum:
         stage = self.current_stage
         plan = self.plan(stage.index)
         while self.step_in_stage < len(plan):
-            step = Step(self.global_step + 1, stage, self.step_in_stage, plan[self.step_in_stage])
+            step = Step(self.global_step + 1, stage, self.step_in_stage, tuple(plan[self.step_in_stage]))
             self.step_in_stage += 1
             yield step
 

@@ -29,14 +29,20 @@ import torch
 from ernie_cl.corpus.document import Document
 from ernie_cl.errors import CorpusError
 
-COLUMNS = ("input_ids", "token_type_ids", "labels")
+INPUT_COLUMNS = ("input_ids", "token_type_ids")
 IGNORE = -100
 
 
-def _features():
+def columns_of(task) -> tuple[str, ...]:
+    """Input columns plus the task's label column(s): ``labels``, or ``labels:<task>`` per member
+    of a fused set of token-level tasks."""
+    return INPUT_COLUMNS + tuple(getattr(task, "label_columns", ("labels",)))
+
+
+def _features(columns: tuple[str, ...]):
     from datasets import Features, Sequence, Value
 
-    return Features({c: Sequence(Value("int32")) for c in COLUMNS})
+    return Features({c: Sequence(Value("int32")) for c in columns})
 
 
 def examples_fingerprint(task, corpus_fingerprint: str, tokenizer_fingerprint: str, seed: int, split: str) -> str:
@@ -45,12 +51,12 @@ def examples_fingerprint(task, corpus_fingerprint: str, tokenizer_fingerprint: s
 
 
 def _build_shard(task, documents: Sequence[Document], seed: int) -> dict[str, list[list[int]]]:
-    columns: dict[str, list[list[int]]] = {c: [] for c in COLUMNS}
+    columns: dict[str, list[list[int]]] = {c: [] for c in columns_of(task)}
     for doc in documents:
         rng = random.Random(f"{seed}:{task.name}:{doc.id}")
         for example in task.build_examples(doc, rng):
-            for c in COLUMNS:
-                columns[c].append(example[c])
+            for c, values in columns.items():
+                values.append(example[c])
     return columns
 
 
@@ -80,7 +86,7 @@ def build_examples(task, documents: Sequence[Document], seed: int, workers: int 
             parts = pool.map(_build_forked_shard, list(zip(edges[:-1], edges[1:])))
     finally:
         _FORKED.clear()
-    return {c: [row for part in parts for row in part[c]] for c in COLUMNS}
+    return {c: [row for part in parts for row in part[c]] for c in columns_of(task)}
 
 
 def cached_examples(task, documents: Sequence[Document], *, split: str, seed: int, corpus_fingerprint: str,
@@ -96,7 +102,7 @@ def cached_examples(task, documents: Sequence[Document], *, split: str, seed: in
         columns = build_examples(task, documents, seed, workers)
         if not columns["input_ids"]:
             raise CorpusError(f"task '{task.name}' built no {split} examples from {len(documents)} document(s); use a larger corpus")
-        dataset = Dataset.from_dict(columns, features=_features())
+        dataset = Dataset.from_dict(columns, features=_features(columns_of(task)))
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
         dataset.save_to_disk(str(tmp))
@@ -107,8 +113,10 @@ def cached_examples(task, documents: Sequence[Document], *, split: str, seed: in
     return load_from_disk(str(target))
 
 
-def collate(rows: dict[str, Any], pad_id: int, sentence_level: bool, pad_to_multiple: int = 8) -> dict[str, torch.Tensor]:
-    """Pad a batch of ragged rows (as returned by ``Dataset[indices]``) into tensors."""
+def collate(rows: dict[str, Any], pad_id: int, sentence_level: bool, labels_of: dict[str, str],
+            pad_to_multiple: int = 8) -> dict[str, Any]:
+    """Pad a batch of ragged rows (as returned by ``Dataset[indices]``) into tensors.
+    ``labels_of`` maps label columns to task names; ``batch["labels"]`` is ``{task: tensor}``."""
     input_ids = rows["input_ids"]
     longest = max(len(r) for r in input_ids)
     width = -(-longest // pad_to_multiple) * pad_to_multiple
@@ -116,17 +124,27 @@ def collate(rows: dict[str, Any], pad_id: int, sentence_level: bool, pad_to_mult
     ids = np.full((n, width), pad_id, dtype=np.int64)
     types = np.zeros((n, width), dtype=np.int64)
     mask = np.zeros((n, width), dtype=np.int64)
-    labels = np.full((n, 1 if sentence_level else width), IGNORE, dtype=np.int64)
-    for i, (row_ids, row_types, row_labels) in enumerate(zip(input_ids, rows["token_type_ids"], rows["labels"])):
+    for i, (row_ids, row_types) in enumerate(zip(input_ids, rows["token_type_ids"])):
         k = len(row_ids)
         ids[i, :k], types[i, :k], mask[i, :k] = row_ids, row_types, 1
-        labels[i, : len(row_labels)] = row_labels
+    labels = {}
+    for column, task in labels_of.items():
+        padded = np.full((n, 1 if sentence_level else width), IGNORE, dtype=np.int64)
+        for i, row in enumerate(rows[column]):
+            padded[i, : len(row)] = row
+        labels[task] = torch.from_numpy(padded)
     return {
         "input_ids": torch.from_numpy(ids),
         "token_type_ids": torch.from_numpy(types),
         "attention_mask": torch.from_numpy(mask),
-        "labels": torch.from_numpy(labels),
+        "labels": labels,
     }
+
+
+def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    out = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+    out["labels"] = {task: v.to(device) for task, v in batch["labels"].items()}
+    return out
 
 
 class ExampleStream:
@@ -134,6 +152,7 @@ class ExampleStream:
 
     def __init__(self, dataset, batch_size: int, seed: int, task_name: str, pad_id: int, sentence_level: bool):
         self.dataset = dataset
+        self.labels_of = labels_of(dataset, task_name)
         self.batch_size = batch_size
         self.seed_key = [seed, int(hashlib.sha256(task_name.encode()).hexdigest()[:8], 16)]
         self.pad_id = pad_id
@@ -155,7 +174,7 @@ class ExampleStream:
     def next_batch(self) -> dict[str, torch.Tensor]:
         rows = self.dataset[self.indices(self.position, self.batch_size)]
         self.position += self.batch_size
-        return collate(rows, self.pad_id, self.sentence_level)
+        return collate(rows, self.pad_id, self.sentence_level, self.labels_of)
 
     def state_dict(self) -> dict[str, int]:
         return {"position": self.position}
@@ -164,12 +183,17 @@ class ExampleStream:
         self.position = int(state["position"])
 
 
-def eval_batches(dataset, batch_size: int, limit: int, pad_id: int, sentence_level: bool):
+def labels_of(dataset, task_name: str) -> dict[str, str]:
+    """Label column -> task: ``labels`` belongs to the set's task; ``labels:<t>`` to task t."""
+    return {c: (task_name if c == "labels" else c.split(":", 1)[1]) for c in dataset.column_names if c.startswith("labels")}
+
+
+def eval_batches(dataset, batch_size: int, limit: int, pad_id: int, sentence_level: bool, task_name: str):
     """At most ``limit`` held-out examples spread evenly over the set (so every held-out document
     is represented), in fixed order and batched: every evaluation sees the same examples."""
     chosen = eval_indices(len(dataset), limit)
     for start in range(0, len(chosen), batch_size):
-        yield collate(dataset[chosen[start : start + batch_size]], pad_id, sentence_level)
+        yield collate(dataset[chosen[start : start + batch_size]], pad_id, sentence_level, labels_of(dataset, task_name))
 
 
 def eval_indices(size: int, limit: int) -> list[int]:

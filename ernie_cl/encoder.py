@@ -12,7 +12,7 @@ sees every parameter use (ZeRO-3 gathers parameters in forward hooks).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import torch
 from torch import nn
@@ -74,9 +74,12 @@ class ErnieEncoder(nn.Module):
         self.heads = nn.ModuleDict({name: task.make_head(hidden, embeddings) for name, task in tasks.items()})
         self._tasks = tasks  # plain objects (not modules): select / loss / metric logic
 
-    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor, task_id: int) -> torch.Tensor:
+    def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor,
+               task_ids: Sequence[int]) -> torch.Tensor:
+        """Hidden states; the input carries the task embedding of its task, or, for an input shared
+        by fused token-level tasks, the mean of their task embeddings."""
         embeds = self.backbone.get_input_embeddings()(input_ids)
-        task_vec = self.task_embeddings.weight[task_id]
+        task_vec = self.task_embeddings.weight[list(task_ids)].mean(0)
         out = self.backbone(inputs_embeds=embeds + task_vec, attention_mask=attention_mask, token_type_ids=token_type_ids)
         return out.last_hidden_state
 
@@ -85,14 +88,17 @@ class ErnieEncoder(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         token_type_ids: torch.Tensor,
-        labels: torch.Tensor,
-        task: str,
-        task_id: Optional[int] = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Loss, logits and targets of one task's batch. ``task_id`` defaults to the task's own id."""
-        spec = self._tasks[task]
-        tid = self.task_names.index(task) if task_id is None else task_id
-        hidden = self.encode(input_ids, attention_mask, token_type_ids, tid)
-        selected, targets = spec.select(hidden, labels)
-        logits = self.heads[task](selected)
-        return spec.loss(logits, targets), logits, targets
+        labels: dict[str, torch.Tensor],
+        task_ids: Optional[Sequence[int]] = None,
+    ) -> dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """``{task: (loss, logits, targets)}`` for every task with labels in the batch, from one
+        forward pass. ``task_ids`` defaults to the tasks' own ids."""
+        ids = [self.task_names.index(t) for t in labels] if task_ids is None else task_ids
+        hidden = self.encode(input_ids, attention_mask, token_type_ids, ids)
+        out = {}
+        for task, task_labels in labels.items():
+            spec = self._tasks[task]
+            selected, targets = spec.select(hidden, task_labels)
+            logits = self.heads[task](selected)
+            out[task] = (spec.loss(logits, targets), logits, targets)
+        return out

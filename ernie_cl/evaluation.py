@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .data import eval_batches, eval_indices
+from .data import eval_batches, eval_indices, to_device
 
 
 def trivial_baselines(tasks: dict[str, Any], eval_sets: dict[str, Any], limit: int) -> dict[str, float]:
@@ -33,9 +33,8 @@ def evaluate(model: torch.nn.Module, tasks: dict[str, Any], eval_sets: dict[str,
     results = {}
     for name, task in tasks.items():
         loss_sum, correct, total = 0.0, 0, 0
-        for batch in eval_batches(eval_sets[name], batch_size, limit, pad_id, task.level == "sentence"):
-            batch = {k: v.to(device) for k, v in batch.items()}
-            loss, logits, targets = model(**batch, task=name)
+        for batch in eval_batches(eval_sets[name], batch_size, limit, pad_id, task.level == "sentence", name):
+            loss, logits, targets = model(**to_device(batch, device))[name]
             n = targets.numel()
             if n:
                 loss_sum += float(loss) * n

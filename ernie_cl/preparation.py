@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 from .config import ScheduleConfig
+from .curriculum import Stage, allocate_budgets, fuse_token_tasks
 from .corpus import Corpus, load_corpus
 from .data import cached_examples
 from .tokenizer import TextTokenizer, build_or_load_tokenizer, load_tokenizer
@@ -30,8 +31,9 @@ class Prepared:
     corpus: Corpus
     tokenizer: TextTokenizer
     tasks: dict[str, Any]  # name -> PretrainTask, in the schedule's task order (= task ids)
-    train_sets: dict[str, Any] = field(default_factory=dict)  # name -> datasets.Dataset
-    eval_sets: dict[str, Any] = field(default_factory=dict)
+    stages: list[Stage] = field(default_factory=list)  # budgets per stage, fused groups marked
+    train_sets: dict[str, Any] = field(default_factory=dict)  # task or fused group "a+b" -> datasets.Dataset
+    eval_sets: dict[str, Any] = field(default_factory=dict)  # task -> held-out examples
 
 
 def load_schedule_corpus(schedule: ScheduleConfig, cache_dir: Path, show_progress: bool = True) -> Corpus:
@@ -72,6 +74,7 @@ def prepare(
     show_progress: bool = True,
 ) -> Prepared:
     from pretrain_tasks import get_task_class
+    from pretrain_tasks._packed import FusedPackedTasks, PackedTokenTask
 
     cache_dir = Path(cache_dir or default_cache_dir())
     corpus = load_schedule_corpus(schedule, cache_dir, show_progress)
@@ -82,10 +85,15 @@ def prepare(
     for name in names:
         options = schedule.tasks[name].options if name in schedule.tasks else {}
         tasks[name] = get_task_class(name)(tokenizer, seq_len, options)
-    prepared = Prepared(corpus, tokenizer, tasks)
+    fusable = {n for n, t in tasks.items() if isinstance(t, PackedTokenTask)} if schedule.training.fuse_token_tasks else set()
+    stages = fuse_token_tasks(allocate_budgets(schedule), fusable)
+    prepared = Prepared(corpus, tokenizer, tasks, stages)
     workers = schedule.training.data_workers or os.cpu_count() or 1
     common = dict(seed=schedule.seed, corpus_fingerprint=corpus.fingerprint, cache_dir=cache_dir, workers=workers)
     for name, task in tasks.items():
         prepared.train_sets[name] = cached_examples(task, corpus.train, split="train", **common)
         prepared.eval_sets[name] = cached_examples(task, corpus.heldout, split="heldout", **common)
+    for group in dict.fromkeys(s.fused for s in stages if s.fused and set(s.fused) <= set(tasks)):
+        fused = FusedPackedTasks([tasks[t] for t in group])
+        prepared.train_sets["+".join(group)] = cached_examples(fused, corpus.train, split="train", **common)
     return prepared

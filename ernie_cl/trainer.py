@@ -18,8 +18,8 @@ import torch
 
 from . import checkpoint as ckpt
 from .config import ScheduleConfig, load_deepspeed_config, load_model_config, load_schedule
-from .curriculum import Curriculum, allocate_budgets
-from .data import ExampleStream
+from .curriculum import Curriculum, Step
+from .data import ExampleStream, to_device
 from .encoder import ErnieEncoder, build_backbone
 from .engine import create_engine, name_accelerator
 from .errors import CheckpointError
@@ -57,13 +57,14 @@ def train(
     tokenizer, tasks = prepared.tokenizer, prepared.tasks
     torch.manual_seed(schedule.seed)
     model = ErnieEncoder(build_backbone(model_cfg, tokenizer, training.seq_len), tasks)
-    curriculum = Curriculum(allocate_budgets(schedule), schedule.seed)
+    curriculum = Curriculum(prepared.stages, schedule.seed)
     engine = create_engine(model, ds_cfg, training, curriculum.total_steps)
     device = engine.device
+    # one stream per task, and one per fused group of token-level tasks (its name: "a+b+c")
     streams = {
-        name: ExampleStream(prepared.train_sets[name], training.batch_size, schedule.seed, name,
-                            tokenizer.pad_id, task.level == "sentence")
-        for name, task in tasks.items()
+        name: ExampleStream(dataset, training.batch_size, schedule.seed, name, tokenizer.pad_id,
+                            name in tasks and tasks[name].level == "sentence")
+        for name, dataset in prepared.train_sets.items()
     }
     baselines = trivial_baselines(tasks, prepared.eval_sets, training.eval_examples)
 
@@ -97,26 +98,13 @@ def train(
     while not curriculum.finished:
         stage = curriculum.current_stage
         for step in curriculum.stage_steps():
-            started = time.perf_counter()
-            batch = {k: v.to(device) for k, v in streams[step.task].next_batch().items()}
-            loss, logits, targets = engine(**batch, task=step.task)
-            engine.backward(loss)
-            engine.step()
-            loss_value = float(loss.detach())
-            correct, total = tasks[step.task].metric_counts(logits.detach(), targets)
-            tokens = int(batch["attention_mask"].sum())
-            counters["tokens_seen"] += tokens
-            elapsed = time.perf_counter() - started
-            record = {
-                "step": step.global_step, "stage": stage.name, "stage_index": stage.index, "task": step.task,
-                "loss": loss_value, f"{step.task}/loss": loss_value, "train_accuracy": correct / max(total, 1),
-                "lr": engine.get_lr()[0], "tokens_per_s": tokens / elapsed, "tokens_seen": counters["tokens_seen"],
-            }
+            record = _train_step(engine, step, streams, tasks, counters, device)
             if step.global_step % training.log_every == 0 or step.step_in_stage == stage.steps - 1:
                 metrics.write(record)
                 sink.log_step(record)
             progress.update(1)
-            progress.set_postfix(stage=stage.name, task=step.task, loss=f"{loss_value:.3f}", tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
+            progress.set_postfix(stage=stage.name, task=step.task, loss=f"{record['loss']:.3f}",
+                                 tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
         curriculum.next_stage()
         result = run_eval()
         summary["stages"].append({"name": stage.name, "end_step": curriculum.global_step, "eval": result})
@@ -134,6 +122,31 @@ def train(
     metrics.close()
     sink.finish(summary)
     return summary
+
+
+def _train_step(engine, step: Step, streams: dict[str, ExampleStream], tasks: dict[str, Any],
+                counters: dict[str, int], device) -> dict[str, Any]:
+    """One optimizer step on the step's task, or on its fused token-level tasks sharing one batch."""
+    started = time.perf_counter()
+    fused = bool(step.stage.fused) and step.tasks[0] in step.stage.fused
+    stream = streams["+".join(step.stage.fused) if fused else step.task]
+    batch = to_device(stream.next_batch(), device)
+    batch["labels"] = {t: batch["labels"][t] for t in step.tasks}  # members not in this step sit out
+    outputs = engine(**batch)
+    loss = sum(out[0] for out in outputs.values())  # equal weights (loss balancing comes per stage)
+    engine.backward(loss)
+    engine.step()
+    tokens = int(batch["attention_mask"].sum())
+    counters["tokens_seen"] += tokens
+    record: dict[str, Any] = {"step": step.global_step, "stage": step.stage.name, "stage_index": step.stage.index,
+                              "task": step.task, "tasks": list(step.tasks), "loss": float(loss.detach())}
+    for name, (task_loss, logits, targets) in outputs.items():
+        correct, total = tasks[name].metric_counts(logits.detach(), targets)
+        record[f"{name}/loss"] = float(task_loss.detach())
+        record[f"{name}/train_accuracy"] = correct / max(total, 1)
+    record.update(lr=engine.get_lr()[0], tokens_per_s=tokens / (time.perf_counter() - started),
+                  tokens_seen=counters["tokens_seen"])
+    return record
 
 
 def _check_same_run(state: dict[str, Any], identity: dict[str, Any], where: Path) -> None:

@@ -134,6 +134,7 @@ class KnowledgeMasking(PackedTokenTask):
 
     name = "knowledge_masking"
     level = "token"
+    corrupts_input = True  # fused token-level tasks label this masked input
     version: ClassVar[int] = 1
     default_options: ClassVar[dict[str, Any]] = {
         "levels": {"word": 0.4, "phrase": 0.3, "entity": 0.3},

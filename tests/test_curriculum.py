@@ -5,7 +5,7 @@ from collections import Counter
 import pytest
 
 from ernie_cl.config import ScheduleConfig
-from ernie_cl.curriculum import Curriculum, allocate_budgets
+from ernie_cl.curriculum import Curriculum, allocate_budgets, fuse_token_tasks
 from ernie_cl.errors import ConfigError
 
 
@@ -74,10 +74,10 @@ def test_plan_is_deterministic_for_a_seed_and_changes_with_it():
 def test_task_is_drawn_in_proportion_to_remaining_budget():
     # a: 300, b: 100 left at the first step of the stage -> a is drawn first 75% of the time
     stages = allocate_budgets(schedule([{"name": "s", "tasks": {"a": 300, "b": 100}}], allocation="explicit"))
-    firsts = Counter(Curriculum(stages, seed).plan(0)[0] for seed in range(4000))
+    firsts = Counter(Curriculum(stages, seed).plan(0)[0][0] for seed in range(4000))
     assert abs(firsts["a"] / 4000 - 0.75) < 0.03
     # and conditionally: after drawing a, the next is a with probability 299/399
-    seconds = Counter(p[1] for p in (Curriculum(stages, s).plan(0) for s in range(4000)) if p[0] == "a")
+    seconds = Counter(p[1][0] for p in (Curriculum(stages, s).plan(0) for s in range(4000)) if p[0] == ("a",))
     assert abs(seconds["a"] / sum(seconds.values()) - 299 / 399) < 0.03
 
 
@@ -101,3 +101,25 @@ def test_resumed_curriculum_continues_with_the_same_steps():
         taken += [(s.global_step, s.stage.name, s.task) for s in resumed.stage_steps()]
         resumed.next_stage()
     assert taken == reference
+
+
+def test_fused_token_tasks_spend_their_budgets_exactly_in_fewer_steps():
+    cfg = schedule([{"name": "s", "tasks": {"km": 200, "cap": 300, "tdr": 50, "order": 120}}], allocation="explicit")
+    stages = fuse_token_tasks(allocate_budgets(cfg), fusable={"km", "cap", "tdr"})
+    assert stages[0].fused == ("km", "cap", "tdr") and stages[0].steps == 300 + 120
+    plan = Curriculum(stages, 7).plan(0)
+    assert len(plan) == 420
+    spent = Counter(t for step in plan for t in step)
+    assert spent == Counter({"km": 200, "cap": 300, "tdr": 50, "order": 120})
+    assert all(step == ("order",) or "cap" in step for step in plan)  # the largest budget joins every fused step
+    # the smaller budgets are spread evenly over the group's steps, not bunched at the start
+    group_steps = [step for step in plan if step != ("order",)]
+    tdr_at = [i for i, step in enumerate(group_steps) if "tdr" in step]
+    assert max(tdr_at) >= 290 and min(tdr_at) <= 10 and all(5 <= b - a <= 7 for a, b in zip(tdr_at, tdr_at[1:]))
+
+
+def test_a_single_fusable_task_or_fusion_off_changes_nothing():
+    cfg = schedule([{"name": "s", "tasks": {"km": 20, "order": 10}}], allocation="explicit")
+    plain = allocate_budgets(cfg)
+    fused = fuse_token_tasks(plain, fusable={"km"})
+    assert fused[0].fused == () and Curriculum(fused, 3).plan(0) == Curriculum(plain, 3).plan(0)

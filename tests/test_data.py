@@ -45,29 +45,51 @@ def test_examples_are_cached_and_reloaded(masking, many_documents, tmp_path):
 def test_collate_pads_ids_and_labels():
     rows = {"input_ids": [[2, 7, 3], [2, 8, 9, 9, 3]], "token_type_ids": [[0, 0, 0], [0, 0, 1, 1, 1]],
             "labels": [[IGNORE, 7, IGNORE], [IGNORE, IGNORE, 9, IGNORE, IGNORE]]}
-    batch = collate(rows, pad_id=0, sentence_level=False, pad_to_multiple=8)
+    batch = collate(rows, pad_id=0, sentence_level=False, labels_of={"labels": "t"}, pad_to_multiple=8)
     assert batch["input_ids"].shape == (2, 8)
     assert batch["input_ids"][0].tolist() == [2, 7, 3, 0, 0, 0, 0, 0]
     assert batch["attention_mask"][0].tolist() == [1, 1, 1, 0, 0, 0, 0, 0]
-    assert batch["labels"][1].tolist() == [IGNORE, IGNORE, 9] + [IGNORE] * 5
-    sentence = collate({**rows, "labels": [[2], [0]]}, pad_id=0, sentence_level=True)
-    assert sentence["labels"].tolist() == [[2], [0]]
+    assert batch["labels"]["t"][1].tolist() == [IGNORE, IGNORE, 9] + [IGNORE] * 5
+    sentence = collate({**rows, "labels": [[2], [0]]}, pad_id=0, sentence_level=True, labels_of={"labels": "s"})
+    assert sentence["labels"]["s"].tolist() == [[2], [0]]
 
 
 def test_stream_visits_every_example_once_per_epoch_and_resumes_exactly():
     data = Dataset.from_dict({"input_ids": [[i, i] for i in range(10)], "token_type_ids": [[0, 0]] * 10,
                               "labels": [[i] for i in range(10)]})
     stream = ExampleStream(data, batch_size=4, seed=1, task_name="t", pad_id=0, sentence_level=True)
-    seen = [stream.next_batch()["labels"][:, 0].tolist() for _ in range(5)]  # 20 examples = 2 epochs
+    seen = [stream.next_batch()["labels"]["t"][:, 0].tolist() for _ in range(5)]  # 20 examples = 2 epochs
     flat = [x for batch in seen for x in batch]
     assert sorted(flat[:10]) == list(range(10)) and sorted(flat[10:]) == list(range(10))
     assert flat[:10] != flat[10:]  # each epoch has its own order
     resumed = ExampleStream(data, batch_size=4, seed=1, task_name="t", pad_id=0, sentence_level=True)
     resumed.load_state_dict({"position": 8})
-    assert [resumed.next_batch()["labels"][:, 0].tolist() for _ in range(3)] == seen[2:]
+    assert [resumed.next_batch()["labels"]["t"][:, 0].tolist() for _ in range(3)] == seen[2:]
 
 
 def test_eval_subset_is_spread_over_the_whole_set():
     assert eval_indices(5, 10) == [0, 1, 2, 3, 4]
     chosen = eval_indices(1000, 10)
     assert len(chosen) == 10 and chosen[0] == 0 and chosen[-1] == 999 and np.all(np.diff(chosen) > 50)
+
+
+def test_fused_examples_carry_every_members_labels_on_the_masked_input(tokenizer, many_documents):
+    from pretrain_tasks._packed import FusedPackedTasks
+
+    masking = get_task_class("knowledge_masking")(tokenizer, 64)
+    caps = get_task_class("capitalization")(tokenizer, 64)
+    fused = FusedPackedTasks([caps, masking])
+    assert fused.name == "capitalization+knowledge_masking"
+    built = build_examples(fused, many_documents[:5], seed=0)
+    assert set(built) == {"input_ids", "token_type_ids", "labels:capitalization", "labels:knowledge_masking"}
+    alone = build_examples(caps, many_documents[:5], seed=0)
+    assert len(built["input_ids"]) == len(alone["input_ids"])  # every chunk has capitalization targets
+    for ids, km, cap, plain, cap_alone in zip(built["input_ids"], built["labels:knowledge_masking"],
+                                              built["labels:capitalization"], alone["input_ids"], alone["labels"]):
+        assert cap == cap_alone  # the same words, labelled the same
+        targets = [i for i, label in enumerate(km) if label != IGNORE]
+        assert targets and all(km[i] == plain[i] for i in targets)  # masking targets are the original ids
+        assert any(ids[i] == tokenizer.mask_id for i in targets) or len(targets) < 3
+        assert all(ids[i] == plain[i] for i in range(len(ids)) if km[i] == IGNORE)  # only targets corrupted
+    stream = ExampleStream(Dataset.from_dict(built), batch_size=3, seed=0, task_name=fused.name, pad_id=0, sentence_level=False)
+    assert set(stream.next_batch()["labels"]) == {"capitalization", "knowledge_masking"}

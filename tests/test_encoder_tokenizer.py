@@ -26,12 +26,13 @@ def test_task_embedding_changes_the_hidden_states(tokenizer, model_type):
     model = make_encoder(tokenizer, model_type)
     ids = torch.randint(5, tokenizer.vocab_size, (2, 12))
     mask, types = torch.ones_like(ids), torch.zeros_like(ids)
-    h0, h1 = model.encode(ids, mask, types, 0), model.encode(ids, mask, types, 1)
+    h0, h1 = model.encode(ids, mask, types, [0]), model.encode(ids, mask, types, [1])
     assert h0.shape == (2, 12, 32) and not torch.allclose(h0, h1)
     # with both task vectors equal the outputs are equal: the task embedding is the only difference
     with torch.no_grad():
         model.task_embeddings.weight[1] = model.task_embeddings.weight[0]
-    assert torch.allclose(model.encode(ids, mask, types, 1), h0)
+    assert torch.allclose(model.encode(ids, mask, types, [1]), h0)
+    assert torch.allclose(model.encode(ids, mask, types, [0, 1]), h0)  # a fused input: the mean of equal vectors
 
 
 def test_forward_gives_the_loss_of_the_named_task(tokenizer):
@@ -40,9 +41,18 @@ def test_forward_gives_the_loss_of_the_named_task(tokenizer):
     ids = torch.randint(5, tokenizer.vocab_size, (2, 10))
     labels = torch.full_like(ids, -100)
     labels[0, 3], labels[1, 5] = 1, 0
-    loss, logits, targets = model(ids, torch.ones_like(ids), torch.zeros_like(ids), labels, task="capitalization")
-    assert logits.shape == (2, 2) and targets.tolist() == [1, 0]
+    out = model(ids, torch.ones_like(ids), torch.zeros_like(ids), {"capitalization": labels})
+    loss, logits, targets = out["capitalization"]
+    assert list(out) == ["capitalization"] and logits.shape == (2, 2) and targets.tolist() == [1, 0]
     assert torch.isclose(loss, torch.nn.functional.cross_entropy(logits, targets))
+    # two tasks on one input: one forward pass, each task its own loss from the same hidden states
+    masked = torch.full_like(ids, -100)
+    masked[0, 1] = int(ids[0, 1])
+    both = model(ids, torch.ones_like(ids), torch.zeros_like(ids), {"capitalization": labels, "knowledge_masking": masked})
+    hidden = model.encode(ids, torch.ones_like(ids), torch.zeros_like(ids), [0, 1])
+    expected = model.heads["capitalization"](hidden[labels != -100])
+    assert torch.allclose(both["capitalization"][1], expected, atol=1e-6)
+    assert both["knowledge_masking"][2].tolist() == [int(ids[0, 1])]
 
 
 def test_masking_head_is_tied_to_the_backbone_embeddings(tokenizer):
