@@ -103,17 +103,18 @@ def _tasks(args: argparse.Namespace) -> int:
 
 def _validate(args: argparse.Namespace) -> int:
     from .config import load_deepspeed_config, load_model_config, load_schedule
-    from .curriculum import allocate_budgets
+    from .preparation import plan_stages
 
     schedule = load_schedule(args.schedule)
     base = Path(args.schedule).parent
     load_model_config(schedule.model, base)
     load_deepspeed_config(schedule.deepspeed, base)
-    stages = allocate_budgets(schedule)
-    print(f"{args.schedule}: valid; {len(stages)} stage(s), {sum(s.steps for s in stages)} steps")
+    stages = plan_stages(schedule)
+    print(f"{args.schedule}: valid; {len(stages)} stage(s), {sum(s.steps for s in stages)} optimizer steps")
     for stage in stages:
         budgets = ", ".join(f"{t}={n}" for t, n in stage.budgets.items())
-        print(f"  {stage.name}: {budgets}")
+        fused = f"; {'+'.join(stage.fused)} share forward passes" if stage.fused else ""
+        print(f"  {stage.name}: {budgets} ({stage.steps} steps{fused})")
     return 0
 
 

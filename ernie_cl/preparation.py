@@ -66,6 +66,15 @@ def schedule_tokenizer(schedule: ScheduleConfig, corpus: Corpus, cache_dir: Path
     return build_or_load_tokenizer(texts, corpus.fingerprint, cache_dir, vocab_size=t.vocab_size, lowercase=t.lowercase)
 
 
+def plan_stages(schedule: ScheduleConfig) -> list[Stage]:
+    """Per-stage budgets, with the token-level tasks that share forward passes marked."""
+    from pretrain_tasks import get_task_class
+    from pretrain_tasks._packed import PackedTokenTask
+
+    fusable = {t for t in schedule.task_names() if issubclass(get_task_class(t), PackedTokenTask)}
+    return fuse_token_tasks(allocate_budgets(schedule), fusable if schedule.training.fuse_token_tasks else set())
+
+
 def prepare(
     schedule: ScheduleConfig,
     model_cfg: dict[str, Any],
@@ -74,7 +83,7 @@ def prepare(
     show_progress: bool = True,
 ) -> Prepared:
     from pretrain_tasks import get_task_class
-    from pretrain_tasks._packed import FusedPackedTasks, PackedTokenTask
+    from pretrain_tasks._packed import FusedPackedTasks
 
     cache_dir = Path(cache_dir or default_cache_dir())
     corpus = load_schedule_corpus(schedule, cache_dir, show_progress)
@@ -85,8 +94,7 @@ def prepare(
     for name in names:
         options = schedule.tasks[name].options if name in schedule.tasks else {}
         tasks[name] = get_task_class(name)(tokenizer, seq_len, options)
-    fusable = {n for n, t in tasks.items() if isinstance(t, PackedTokenTask)} if schedule.training.fuse_token_tasks else set()
-    stages = fuse_token_tasks(allocate_budgets(schedule), fusable)
+    stages = plan_stages(schedule)
     prepared = Prepared(corpus, tokenizer, tasks, stages)
     workers = schedule.training.data_workers or os.cpu_count() or 1
     common = dict(seed=schedule.seed, corpus_fingerprint=corpus.fingerprint, cache_dir=cache_dir, workers=workers)
