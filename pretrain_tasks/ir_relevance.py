@@ -1,0 +1,285 @@
+"""IR relevance (ERNIE 2.0): how relevant is a passage to a query: 0 strong, 1 weak, 2 irrelevant.
+
+Input: ``[CLS] query [SEP] passage [SEP]`` (segment ids 0 then 1); the label is predicted from [CLS].
+
+ERNIE 2.0 labelled (query, title) pairs from Baidu's search logs: clicked (strong), shown but not
+clicked (weak), random (irrelevant). Those logs are private, so by default this task builds a
+self-supervised stand-in from document structure, with a real lexical ranker playing the search
+engine:
+
+- passages: every paragraph of the split cut into runs of at most ``passage_sentences``
+  consecutive sentences; all passages of the split (untitled documents too) form one BM25 index
+  (``bm25s``, Lucene scoring, English stop words removed), built in ``fit``;
+- queries: for every section with text of a document WITH a title: the title for the lead section
+  (heading ""), "title heading" for the other sections. Untitled documents ask no query;
+- strong (0): a passage of the query's own section, drawn at random: what the searcher clicked;
+- weak (1): the passage of ANOTHER document that BM25 ranks highest for the query: shown high in
+  the results but not what was wanted. The ranking keeps the ``top_k`` best other-document
+  passages with a positive score. When the query's words occur in no other document (a rare
+  title), the query is expanded with the first passage of its section (pseudo-relevance feedback)
+  and ranked again;
+- irrelevant (2): a random passage of another document outside that top-k list.
+
+Every query yields exactly one example of each class (classes balanced by construction); a query
+with no weak candidate even after expansion, or no irrelevant candidate, yields none. A split needs
+one titled document with text and one other document with text (untitled ones serve as weak and
+irrelevant passages), else ``fit`` raises CorpusError.
+
+Real relevance data: with ``data_file: PATH`` (``.tsv``: query, passage, label per line, an optional
+``query<TAB>passage<TAB>label`` header; ``.jsonl``: objects with those keys; labels 0/1/2 or
+strong/weak/irrelevant) the examples are the file's rows instead. The task protocol does not tell a
+task which split it serves, so every row is used in the train AND the held-out split (each row is
+carried by one document of the split, chosen by a hash of its query): the held-out metric then
+measures fit to the file, not generalization (a protocol that named the split would allow a
+hash split of the rows by query).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Sequence
+
+import numpy as np
+
+from ernie_cl.corpus.document import Document
+from ernie_cl.errors import ConfigError, CorpusError
+from ernie_cl.tokenizer import TextTokenizer
+
+from ._segments import SentenceTask, join_segments, split_segments
+from .base import register_task
+
+RELEVANCE = ("strong", "weak", "irrelevant")
+STRONG, WEAK, IRRELEVANT = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Query:
+    text: str
+    passages: tuple[int, ...]  # the section's own passages (indices into the split's passage list)
+    ranked: tuple[int, ...]  # other documents' passages, BM25's top-k for the query, best first
+
+
+def cut_passages(sentences: Sequence[str], size: int) -> list[str]:
+    """A paragraph as runs of at most ``size`` consecutive sentences."""
+    return [" ".join(sentences[i:i + size]) for i in range(0, len(sentences), size)]
+
+
+def query_text(title: str, heading: str) -> str:
+    return title if not heading else f"{title} {heading}"
+
+
+def _parse_label(value: Any) -> int | None:
+    if isinstance(value, str):
+        value = value.strip().lower()
+        if value in RELEVANCE:
+            return RELEVANCE.index(value)
+        value = int(value) if value in ("0", "1", "2") else value
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(RELEVANCE) else None
+
+
+def _row_fields(line: str, jsonl: bool, where: str) -> list[Any]:
+    """[query, passage, label] of one line, unchecked; [] for a TSV header."""
+    if jsonl:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CorpusError(f"{where}: not valid JSON ({exc.msg})") from exc
+        if not isinstance(record, dict):
+            raise CorpusError(f"{where}: expected an object with keys query, passage, label")
+        return [record.get("query"), record.get("passage"), record.get("label")]
+    fields = line.rstrip("\r\n").split("\t")
+    if len(fields) != 3:
+        raise CorpusError(f"{where}: expected 3 tab-separated columns (query, passage, label), found {len(fields)}")
+    return [] if [f.strip().lower() for f in fields] == ["query", "passage", "label"] else fields
+
+
+def read_relevance_file(path: str) -> list[tuple[str, str, int]]:
+    """(query, passage, label) rows of a .tsv or .jsonl file; a malformed row is a CorpusError
+    naming the file and line."""
+    rows = []
+    try:
+        with open(path, encoding="utf-8") as handle:
+            lines = list(handle)
+    except (OSError, UnicodeDecodeError) as exc:  # unreadable, or not UTF-8 text
+        raise CorpusError(f"task 'ir_relevance': cannot read data_file {path}: {exc}") from exc
+    for number, line in enumerate(lines, start=1):
+        where = f"task 'ir_relevance': {path}:{number}"
+        fields = _row_fields(line, path.lower().endswith(".jsonl"), where) if line.strip() else []
+        if not fields:  # a blank line or a TSV header
+            continue
+        query, passage, label = fields
+        if not (isinstance(query, str) and query.strip() and isinstance(passage, str) and passage.strip()):
+            raise CorpusError(f"{where}: query and passage must be non-empty text")
+        parsed = _parse_label(label)
+        if parsed is None:
+            raise CorpusError(f"{where}: label {label!r} is not one of 0, 1, 2, strong, weak, irrelevant")
+        rows.append((query.strip(), passage.strip(), parsed))
+    if not rows:
+        raise CorpusError(f"task 'ir_relevance': data_file {path} holds no rows")
+    return rows
+
+
+class Bm25Ranker:
+    """BM25 over a fixed list of passages; rankings are deterministic (ties go to the lower index)."""
+
+    def __init__(self, passages: Sequence[str]):
+        import bm25s  # lazy: only this task needs it
+
+        logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s sets DEBUG on import: noise in run logs
+
+        self._bm25s = bm25s
+        self.retriever = bm25s.BM25()
+        self.retriever.index(bm25s.tokenize(list(passages), stopwords="en", show_progress=False), show_progress=False)
+
+    def terms(self, texts: Sequence[str]) -> list[list[str]]:
+        return self._bm25s.tokenize(list(texts), stopwords="en", show_progress=False, return_ids=False)
+
+    def rank(self, terms: Sequence[str], exclude: range, k: int) -> list[int]:
+        """The ``k`` best passages with a positive score outside ``exclude``, best first."""
+        ids = self.retriever.get_tokens_ids(list(terms))
+        if not ids:
+            return []
+        scores = np.asarray(self.retriever.get_scores_from_ids(ids), dtype=np.float64)
+        scores[exclude.start:exclude.stop] = 0.0
+        hits = np.flatnonzero(scores > 0)
+        order = np.lexsort((hits, -scores[hits]))[:k]
+        return hits[order].tolist()
+
+
+@register_task
+class IrRelevance(SentenceTask):
+    """Query-passage relevance in three grades; see the module docstring."""
+
+    name = "ir_relevance"
+    version: ClassVar[int] = 1
+    default_options: ClassVar[dict[str, Any]] = {
+        "passage_sentences": 3,  # a passage is at most this many consecutive sentences of a paragraph
+        "top_k": 10,  # BM25 results (other documents) that count as shown: weak = the 1st; irrelevant from outside
+        "data_file": None,  # TSV/JSONL of real (query, passage, label) rows used instead of the corpus
+    }
+
+    def __init__(self, tokenizer: TextTokenizer, seq_len: int, options: dict[str, Any] | None = None):
+        super().__init__(tokenizer, seq_len, options)
+        self.passages: list[str] = []
+        self.passage_doc: list[str] = []  # id of the document each passage comes from
+        self.queries: dict[str, list[Query]] = {}  # document id -> its queries
+        self.expanded_queries = 0  # queries ranked again with their section's first passage
+        self._doc_span: dict[str, range] = {}
+        self._rows: dict[str, list[tuple[str, str, int]]] = {}  # data_file mode: document id -> rows
+
+    def validate_options(self) -> None:
+        for key in ("passage_sentences", "top_k"):
+            value = self.options[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"task 'ir_relevance': {key}={value!r} must be an integer >= 1, e.g. {self.default_options[key]}")
+        path = self.options["data_file"]
+        if path is not None:
+            if not isinstance(path, str) or Path(path).suffix.lower() not in (".tsv", ".jsonl"):
+                raise ConfigError(f"task 'ir_relevance': data_file={path!r} must be a .tsv or .jsonl file of query, passage, label rows")
+            if not Path(path).is_file():
+                raise ConfigError(f"task 'ir_relevance': data_file '{path}' does not exist")
+
+    @property
+    def num_labels(self) -> int:
+        return len(RELEVANCE)
+
+    def label_name(self, label: int) -> str:
+        return RELEVANCE[label] if 0 <= label < len(RELEVANCE) else str(label)
+
+    # --- fit: the passage index and every query's ranking ----------------------------------------
+    def fit(self, documents: Sequence[Document]) -> None:
+        if self.options["data_file"] is not None:
+            self._fit_rows(documents)
+            return
+        titled = sum(1 for doc in documents if doc.title.strip() and doc.num_sentences())
+        with_text = sum(1 for doc in documents if doc.num_sentences())
+        if titled < 1 or with_text < 2:
+            raise CorpusError(f"task 'ir_relevance' needs a document with a title and text (titles and headings are its queries) "
+                              f"and another document with text in the split; found {titled} titled of {with_text} with text "
+                              f"among {len(documents)}: use a larger or titled corpus, or give data_file")
+        size = self.options["passage_sentences"]
+        self.passages, self.passage_doc, self._doc_span, sections = [], [], {}, []
+        for doc in documents:
+            start = len(self.passages)
+            for index, section in enumerate(doc.sections):
+                first = len(self.passages)
+                for paragraph in section.paragraphs:
+                    self.passages += cut_passages([s.text for s in paragraph], size)
+                if doc.title.strip() and len(self.passages) > first:
+                    sections.append((doc.id, query_text(doc.title.strip(), section.heading.strip()), range(first, len(self.passages))))
+            self.passage_doc += [doc.id] * (len(self.passages) - start)
+            self._doc_span[doc.id] = range(start, len(self.passages))
+        ranker = Bm25Ranker(self.passages)
+        k = self.options["top_k"]
+        texts = [text for _, text, _ in sections]
+        rankings = [ranker.rank(terms, self._doc_span[doc_id], k) for (doc_id, _, _), terms in zip(sections, ranker.terms(texts))]
+        # A query whose words occur in no other document: expand it with its section's first passage.
+        missing = [i for i, ranked in enumerate(rankings) if not ranked]
+        expanded = ranker.terms([f"{texts[i]} {self.passages[sections[i][2].start]}" for i in missing])
+        for i, terms in zip(missing, expanded):
+            rankings[i] = ranker.rank(terms, self._doc_span[sections[i][0]], k)
+        self.expanded_queries = len(missing)
+        self.queries = {}
+        for (doc_id, text, own), ranked in zip(sections, rankings):
+            self.queries.setdefault(doc_id, []).append(Query(text, tuple(own), tuple(ranked)))
+
+    def _fit_rows(self, documents: Sequence[Document]) -> None:
+        if not documents:
+            raise CorpusError("task 'ir_relevance' with data_file needs at least 1 document in the split to carry its rows")
+        carriers = sorted(doc.id for doc in documents)
+        self._rows = {}
+        for row in read_relevance_file(self.options["data_file"]):
+            digest = int.from_bytes(hashlib.sha256(row[0].encode("utf-8")).digest()[:8], "big")
+            self._rows.setdefault(carriers[digest % len(carriers)], []).append(row)
+
+    # --- examples ---------------------------------------------------------------------------------
+    def plan(self, doc: Document, rng: random.Random) -> list[tuple[Query, int, int]]:
+        """(query, passage index, label) of one document's examples (corpus mode)."""
+        chosen = []
+        for query in self.queries.get(doc.id, []):
+            if not query.ranked:
+                continue
+            strong = rng.choice(query.passages)
+            irrelevant = self._draw_irrelevant(self._doc_span[doc.id], set(query.ranked), rng)
+            if irrelevant is not None:
+                chosen += [(query, strong, STRONG), (query, query.ranked[0], WEAK), (query, irrelevant, IRRELEVANT)]
+        return chosen
+
+    def triples(self, doc: Document, rng: random.Random) -> list[tuple[str, str, int]]:
+        """(query, passage, label) rows of one document, before tokenization."""
+        if self.options["data_file"] is not None:
+            return list(self._rows.get(doc.id, []))
+        return [(query.text, self.passages[passage], label) for query, passage, label in self.plan(doc, rng)]
+
+    def _draw_irrelevant(self, own: range, shown: set[int], rng: random.Random) -> int | None:
+        """A uniformly random passage outside the query's document and its top-k list."""
+        total = len(self.passages)
+        for _ in range(32):  # almost always enough: own document and top-k are a small part of the split
+            index = rng.randrange(total)
+            if index not in own and index not in shown:
+                return index
+        allowed = [i for i in range(total) if i not in own and i not in shown]
+        return rng.choice(allowed) if allowed else None
+
+    def build_examples(self, doc: Document, rng: random.Random) -> list[dict[str, list[int]]]:
+        rows = self.triples(doc, rng)
+        if not rows:
+            return []
+        texts = list(dict.fromkeys(text for query, passage, _ in rows for text in (query, passage)))
+        encoded = dict(zip(texts, (e.ids for e in self.tokenizer.encode_batch(texts))))
+        examples = []
+        for query, passage, label in rows:
+            ids, types = join_segments(self.tokenizer, [encoded[query], encoded[passage]], self.seq_len)
+            examples.append({"input_ids": ids, "token_type_ids": types, "labels": [label]})
+        return examples
+
+    def describe_example(self, example: dict[str, list[int]]) -> str:
+        query, passage = split_segments(self.tokenizer, example["input_ids"])[:2]
+        label = example["labels"][0]
+        return "\n".join([f"  query: {self.tokenizer.decode(query)}", f"  passage: {self.tokenizer.decode(passage)}",
+                          f"  relevance: {label} ({self.label_name(label)})"])

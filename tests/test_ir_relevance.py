@@ -1,0 +1,179 @@
+"""ir_relevance: a strong passage comes from the query's own section, a weak one is BM25's best passage
+of another document, an irrelevant one is a random passage of another document outside BM25's
+top-k; classes are balanced; real (query, passage, label) files are read, or refused line by line."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+
+import bm25s
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from ernie_cl.corpus.document import Document, Section, Sentence
+from ernie_cl.errors import ConfigError, CorpusError
+from pretrain_tasks import get_task_class
+from pretrain_tasks._segments import split_segments
+
+VOCAB = ["river", "bridge", "museum", "garden", "harbour", "letter", "machine", "palace", "library", "street",
+         "painting", "school", "lake", "boat", "music", "winter", "castle", "forest", "market", "island"]
+SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def make(tokenizer, **options):
+    return get_task_class("ir_relevance")(tokenizer, 128, options)
+
+
+sentence = st.lists(st.sampled_from(VOCAB), min_size=2, max_size=6).map(lambda ws: " ".join(ws).capitalize() + ".")
+paragraph = st.lists(sentence, min_size=1, max_size=5)
+
+
+@st.composite
+def corpus(draw):
+    """2-6 documents, some untitled, titled ones with a lead section and 0-2 headed sections."""
+    docs = []
+    for i in range(draw(st.integers(2, 6))):
+        title = " ".join(draw(st.lists(st.sampled_from(VOCAB), min_size=1, max_size=2))).title() if i < 2 or draw(st.booleans()) else ""
+        headings = [""] + draw(st.lists(st.sampled_from(VOCAB), max_size=2, unique=True))
+        sections = [Section(h.title(), [[Sentence(t) for t in p] for p in draw(st.lists(paragraph, min_size=1, max_size=3))])
+                    for h in headings]
+        docs.append(Document(f"doc{i}", title, sections))
+    return docs
+
+
+def runs(section: Section, size: int) -> set[str]:
+    """Every passage the section can give: runs of <= size consecutive sentences of one paragraph."""
+    return {" ".join(s.text for s in p[i:i + size]) for p in section.paragraphs for i in range(0, len(p), size)}
+
+
+def bm25_scores(passages: list[str], query: str) -> np.ndarray:
+    retriever = bm25s.BM25()
+    retriever.index(bm25s.tokenize(passages, stopwords="en", show_progress=False), show_progress=False)
+    ids = retriever.get_tokens_ids(bm25s.tokenize([query], stopwords="en", show_progress=False, return_ids=False)[0])
+    return retriever.get_scores_from_ids(ids) if ids else np.zeros(len(passages))
+
+
+@given(corpus(), st.integers(1, 3), st.integers(1, 4))
+@SETTINGS
+def test_strong_weak_and_irrelevant_passages_follow_their_definitions(tokenizer, docs, size, top_k):
+    task = make(tokenizer, passage_sentences=size, top_k=top_k)
+    task.fit(docs)
+    passages = [(doc.id, " ".join(s.text for s in p[i:i + size]))
+                for doc in docs for section in doc.sections for p in section.paragraphs for i in range(0, len(p), size)]
+    assert [text for _, text in passages] == task.passages and [d for d, _ in passages] == task.passage_doc
+    owner = np.array([d for d, _ in passages])
+    for doc in docs:
+        plan = task.plan(doc, random.Random(doc.id))
+        assert Counter(label for _, _, label in plan) == Counter({0: len(plan) // 3, 1: len(plan) // 3, 2: len(plan) // 3})
+        for query, index, label in plan:
+            section = next(s for s in doc.sections if query.text == (doc.title if not s.heading else f"{doc.title} {s.heading}"))
+            passage = task.passages[index]
+            if label == 0:
+                assert task.passage_doc[index] == doc.id and passage in runs(section, size)
+                continue
+            assert task.passage_doc[index] != doc.id
+            others = owner != doc.id
+            scores = bm25_scores(task.passages, query.text)
+            if not (scores[others] > 0).any():  # no other document shares a word: the query was expanded
+                first = " ".join(s.text for s in section.paragraphs[0][:size])
+                scores = bm25_scores(task.passages, f"{query.text} {first}")
+            if label == 1:
+                assert scores[index] > 0 and scores[index] == pytest.approx(scores[others].max())
+            else:
+                better = int((scores[others] >= scores[index]).sum()) - 1
+                assert scores[index] == 0 or better >= top_k, "an irrelevant passage from BM25's top-k"
+
+
+def test_weak_is_the_best_other_document_passage_and_irrelevant_lies_outside_the_top_k(tokenizer):
+    docs = [
+        Document("a", "Harbour", [Section("", [[Sentence("The harbour is busy."), Sentence("Ships wait.")]])]),
+        Document("b", "", [Section("", [[Sentence("A museum, a school, a church and a harbour are in the old town by the grey sea.")],
+                                        [Sentence("Bread is baked daily.")]])]),
+        Document("c", "", [Section("", [[Sentence("Harbour after harbour.")], [Sentence("Snow fell on the hills.")],
+                                        [Sentence("The lake froze in winter near a small harbour.")]])]),
+    ]
+    task = make(tokenizer, passage_sentences=1, top_k=3)
+    task.fit(docs)
+    rows = task.triples(docs[0], random.Random(0))
+    assert [(q, label) for q, _, label in rows] == [("Harbour", 0), ("Harbour", 1), ("Harbour", 2)]
+    assert rows[0][1] in {"The harbour is busy.", "Ships wait."}
+    assert rows[1][1] == "Harbour after harbour."  # BM25's best: two hits in a short passage
+    assert task.queries["a"][0].ranked == tuple(task.passages.index(t) for t in (
+        "Harbour after harbour.", "The lake froze in winter near a small harbour.",
+        "A museum, a school, a church and a harbour are in the old town by the grey sea."))
+    assert rows[2][1] in {"Bread is baked daily.", "Snow fell on the hills."}  # not shown in the top 3
+    assert task.expanded_queries == 0 and task.build_examples(docs[1], random.Random(0)) == []  # untitled: no query
+
+
+def test_examples_are_query_then_passage_with_three_labels(tokenizer, rich_document, many_documents):
+    task = make(tokenizer)
+    task.fit([rich_document, *many_documents[:10]])
+    rows = task.triples(rich_document, random.Random(3))
+    examples = task.build_examples(rich_document, random.Random(3))
+    assert task.num_labels == 3 and [task.label_name(i) for i in range(3)] == ["strong", "weak", "irrelevant"]
+    assert [ex["labels"] for ex in examples] == [[label] for _, _, label in rows] == [[0], [1], [2]] * 2
+    for (query, passage, _), ex in zip(rows, examples):
+        q_ids, p_ids = (e.ids for e in tokenizer.encode_batch([query, passage]))
+        segments = split_segments(tokenizer, ex["input_ids"])
+        assert segments[0] == q_ids and p_ids[:len(segments[1])] == segments[1]
+    assert "relevance: 1 (weak)" in task.describe_example(examples[1])
+    assert task.build_examples(rich_document, random.Random(3)) == examples
+
+
+@pytest.mark.parametrize("docs, found", [
+    ([Document("a", "", [Section("", [[Sentence("Text here.")]])])] * 3, "found 0 titled of 3 with text"),
+    ([Document("a", "Title", [Section("", [[Sentence("Text here.")]])]), Document("b", "T", [])], "found 1 titled of 1 with text"),
+])
+def test_a_split_without_titled_documents_is_refused(tokenizer, docs, found):
+    with pytest.raises(CorpusError, match=f"^task 'ir_relevance' needs a document with a title and text .*; {found} "):
+        make(tokenizer).fit(docs)
+
+
+def test_rows_of_a_tsv_and_a_jsonl_file_become_the_examples(tokenizer, tmp_path, many_documents):
+    tsv = tmp_path / "rel.tsv"
+    tsv.write_text("query\tpassage\tlabel\nold museum\tThe old museum opened.\tstrong\n"
+                   "old museum\tA museum in Paris.\t1\n\nold museum\tThe lake froze.\tIRRELEVANT\n")
+    jsonl = tmp_path / "rel.jsonl"
+    jsonl.write_text("\n".join(json.dumps(r) for r in [
+        {"query": "old museum", "passage": "The old museum opened.", "label": 0},
+        {"query": "frozen lake", "passage": "A museum in Paris.", "label": "weak"},
+        {"query": "quiet river", "passage": "The lake froze.", "label": "2"}]) + "\n")
+    docs = many_documents[:5]
+    for path, expected in ((tsv, [0, 1, 2]), (jsonl, [0, 1, 2])):
+        task = make(tokenizer, data_file=str(path))
+        task.fit(docs)
+        rows = [row for doc in docs for row in task.triples(doc, random.Random(0))]
+        assert sorted(label for _, _, label in rows) == expected and len(rows) == 3
+        assert {passage for _, passage, _ in rows} == {"The old museum opened.", "A museum in Paris.", "The lake froze."}
+        examples = [ex for doc in docs for ex in task.build_examples(doc, random.Random(0))]
+        assert sorted(ex["labels"][0] for ex in examples) == expected
+
+
+@pytest.mark.parametrize("name, text, problem", [
+    ("bad.tsv", "q\tp\t0\nq\tp\nq\tp\t1\n", r"bad.tsv:2: expected 3 tab-separated columns \(query, passage, label\), found 2"),
+    ("bad.tsv", "q\tp\t0\nq\tp\tclicked\n", r"bad.tsv:2: label 'clicked' is not one of 0, 1, 2, strong, weak, irrelevant"),
+    ("bad.jsonl", '{"query": "q", "passage": "p", "label": 0}\n{"query": "q", "passage": "p", "label": 3}\n', r"bad.jsonl:2: label 3 "),
+    ("bad.jsonl", '{"query": "q", "passage": "p", "label": 0}\n{"query": "q", "passage": \n', r"bad.jsonl:2: not valid JSON"),
+    ("bad.jsonl", '{"query": "", "passage": "p", "label": 0}\n', r"bad.jsonl:1: query and passage must be non-empty text"),
+])
+def test_a_malformed_row_names_the_file_and_line(tokenizer, tmp_path, rich_document, name, text, problem):
+    path = tmp_path / name
+    path.write_text(text)
+    task = make(tokenizer, data_file=str(path))
+    with pytest.raises(CorpusError, match=f"^task 'ir_relevance': .*{problem}"):
+        task.fit([rich_document])
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"top_k": 0}, "top_k=0 must be an integer >= 1"),
+    ({"passage_sentences": "3"}, "passage_sentences='3' must be an integer >= 1"),
+    ({"data_file": "rel.csv"}, "data_file='rel.csv' must be a .tsv or .jsonl file"),
+    ({"data_file": "/no/such/rel.tsv"}, "data_file '/no/such/rel.tsv' does not exist"),
+])
+def test_bad_options_are_refused(tokenizer, options, message):
+    with pytest.raises(ConfigError, match=f"^task 'ir_relevance': {message}"):
+        make(tokenizer, **options)
