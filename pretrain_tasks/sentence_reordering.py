@@ -4,8 +4,9 @@ Input: ``[CLS] seg_a [SEP] seg_b [SEP] ... [SEP]`` (segment ids alternating), pr
 
 Label construction, per paragraph:
 
-1. Take the paragraph's sentences from a random start, as many consecutive ones as fit in
-   ``seq_len`` (at least one; a sentence too long for ``seq_len`` is cut).
+1. Skip paragraphs of one sentence. Take consecutive sentences from a random start (early enough
+   that m sentences can follow), as many as fit in ``seq_len`` (at least one; a sentence too long
+   for ``seq_len`` is cut).
 2. Draw n uniformly from 1..min(m, number of those sentences), ``m = max_segments`` (default 3),
    and cut the sentences into n contiguous segments at sentence boundaries, at random cut points.
 3. Draw a uniformly random permutation ``perm`` of range(n) and show the segments in the order
@@ -15,8 +16,8 @@ Label construction, per paragraph:
    With m segments at most there are k = 1! + ... + m! classes (m=3: 9, m=4: 33, m=5: 153);
    ``decode_label`` inverts ``encode_label``. Class 0 is "one segment" (nothing to reorder).
 
-The trivial baseline is the most frequent class: n = 1 is drawn for about 1/m of the paragraphs,
-so it is about 1/m; a model that only counts segments already beats it.
+The trivial baseline is the most frequent class, "one segment": drawn for 1/min(m, sentences) of
+the paragraphs; a model that only counts segments already beats it.
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ class SentenceReordering(SentenceTask):
     """Predict the permutation that shuffled a paragraph's segments; see the module docstring."""
 
     name = "sentence_reordering"
+    version: ClassVar[int] = 2  # part of the example-cache key: bump when the construction changes
     default_options: ClassVar[dict[str, Any]] = {"max_segments": 3}
 
     def validate_options(self) -> None:
@@ -84,10 +86,12 @@ class SentenceReordering(SentenceTask):
         examples = []
         for paragraph in doc.paragraphs():
             texts = [s.text for s in paragraph if s.text.strip()]
-            if not texts:
-                continue
+            if len(texts) < 2:
+                continue  # one sentence: nothing to reorder at sentence boundaries
             encoded = [e.ids for e in self.tokenizer.encode_batch(texts)]
-            start = rng.randrange(len(encoded))
+            # start where the window can still hold max_segments sentences (else late starts would
+            # leave one-sentence windows and make "one segment" the dominant class)
+            start = rng.randrange(max(1, len(encoded) - self.options["max_segments"] + 1))
             window, used = [], 0
             budget = self.seq_len - 1 - self.options["max_segments"]  # room for [CLS] and the [SEP]s
             for ids in encoded[start:]:
