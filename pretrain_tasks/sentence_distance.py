@@ -1,19 +1,23 @@
-"""Sentence distance (ERNIE 2.0): how far apart two sentences are.
+"""Sentence distance (ERNIE 2.0): are two sentences adjacent, in the same document, or not?
 
 Input: ``[CLS] s1 [SEP] s2 [SEP]`` (segment ids 0 then 1), predicted from [CLS].
 
-Label construction: the sentences of a document in reading order (across paragraphs and sections)
-are s_0 .. s_{L-1}. For ``pairs_per_sentence`` x L anchors s_i (i drawn uniformly) of a document
-with L >= 3 sentences, the class is drawn uniformly from three, so the classes are balanced by
-construction:
+Label construction. A document's sentences in reading order (across paragraphs and sections,
+empty ones dropped) are s_0 .. s_{L-1}. A document with L >= 3 sentences gives ``pairs_per_sentence
+* L`` examples (a fraction is rounded up with that probability, so the mean is exact). Their classes
+cycle 0, 1, 2, 0, ... from a random first class (then the order is shuffled), so every document
+contributes each class equally to within one: the split is balanced by construction, not only in
+expectation.
 
-- 0 adjacent: s2 = s_{i+1} (for the last sentence, s1 = s_{i-1} and s2 = s_i: the pair is in order);
-- 1 same document, not adjacent: s2 = s_j with |i - j| >= 2, j uniform among those;
-- 2 different documents: s2 is a uniformly random sentence of another document of the split.
+- 0 adjacent: (s_i, s_{i+1}), i uniform in 0..L-2: s2 directly follows s1;
+- 1 same document, not adjacent: (s_i, s_j), the pair {i < j, j - i >= 2} uniform among all such
+  pairs; s1 comes first in the document, as in class 0, so only the distance tells 0 from 1;
+- 2 different documents: (s_i, t), i uniform in 0..L-1 and t a uniformly random sentence of the
+  split's OTHER documents.
 
-Documents with fewer than 3 sentences give no anchors (they cannot offer class 1); their sentences
-still serve as class-2 partners. ``fit`` builds that pool, and needs at least two documents, one of
-them with 3 or more sentences.
+Documents with fewer than 3 sentences give no example (they cannot offer class 1); their sentences
+still serve as class-2 partners. ``fit`` builds that pool of sentences and needs at least two
+documents with text, one of them with 3 or more sentences.
 """
 
 from __future__ import annotations
@@ -24,10 +28,14 @@ from typing import Any, ClassVar, Sequence
 from ernie_cl.corpus.document import Document
 from ernie_cl.errors import ConfigError, CorpusError
 
-from ._segments import SentenceTask, join_segments
+from ._segments import SentenceTask, join_segments, split_segments
 from .base import register_task
 
-CLASS_NAMES = ("adjacent", "same document", "different documents")
+CLASS_NAMES = ("adjacent", "same document, not adjacent", "different documents")
+
+
+def texts_of(doc: Document) -> list[str]:
+    return [s.text for s in doc.sentences() if s.text.strip()]
 
 
 @register_task
@@ -35,7 +43,13 @@ class SentenceDistance(SentenceTask):
     """Adjacent / same document / different documents; see the module docstring."""
 
     name = "sentence_distance"
-    default_options: ClassVar[dict[str, Any]] = {"pairs_per_sentence": 0.5}
+    version: ClassVar[int] = 2
+    default_options: ClassVar[dict[str, Any]] = {"pairs_per_sentence": 1.0}
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._pool: list[str] = []  # set by fit
+        self._ranges: dict[str, tuple[int, int]] = {}
 
     def validate_options(self) -> None:
         rate = self.options["pairs_per_sentence"]
@@ -50,44 +64,64 @@ class SentenceDistance(SentenceTask):
         return CLASS_NAMES[label]
 
     def fit(self, documents: Sequence[Document]) -> None:
-        self._pool = [(doc.id, s.text) for doc in documents for s in doc.sentences() if s.text.strip()]
-        ids = {doc_id for doc_id, _ in self._pool}
-        long_docs = sum(1 for doc in documents if doc.num_sentences() >= 3)
-        if len(ids) < 2 or long_docs < 1:
+        # Every sentence of the split, document after document; a document's own sentences are
+        # the slice _ranges[doc.id], so drawing "another document's sentence" needs no retries.
+        self._pool, self._ranges = [], {}
+        long_docs = 0
+        for doc in documents:
+            texts = texts_of(doc)
+            if texts:
+                self._ranges[doc.id] = (len(self._pool), len(self._pool) + len(texts))
+                self._pool.extend(texts)
+            long_docs += len(texts) >= 3
+        if len(self._ranges) < 2 or long_docs < 1:
             raise CorpusError(
-                f"task 'sentence_distance' needs at least 2 documents with text, one of them with 3 or more "
-                f"sentences; this split has {len(ids)} document(s), {long_docs} with 3+ sentences: use a larger corpus"
+                f"task 'sentence_distance' needs at least 2 documents with text, one of them with 3 or more sentences; "
+                f"this split has {len(self._ranges)} document(s) with text, {long_docs} with 3+ sentences: "
+                "use a larger corpus (or a larger eval_fraction for the held-out split)"
             )
 
-    def _other_document_sentence(self, doc_id: str, rng: random.Random) -> str:
-        while True:  # fit guarantees another document exists
-            other_id, text = self._pool[rng.randrange(len(self._pool))]
-            if other_id != doc_id:
-                return text
+    def other_document_sentence(self, doc_id: str, rng: random.Random) -> str:
+        start, end = self._ranges.get(doc_id, (0, 0))
+        k = rng.randrange(len(self._pool) - (end - start))
+        return self._pool[k + (end - start) if k >= start else k]  # skip over the document's own slice
 
     def build_examples(self, doc: Document, rng: random.Random) -> list[dict[str, list[int]]]:
-        sentences = [s.text for s in doc.sentences() if s.text.strip()]
+        if not self._pool:
+            raise RuntimeError("task 'sentence_distance': call fit(documents) on the split before build_examples")
+        sentences = texts_of(doc)
         n = len(sentences)
         if n < 3:
             return []
-        rate = self.options["pairs_per_sentence"]
-        count = int(n * rate) + (1 if rng.random() < n * rate - int(n * rate) else 0)
-        pairs: list[tuple[str, str, int]] = []
-        for _ in range(count):
-            i, label = rng.randrange(n), rng.randrange(3)
+        expected = self.options["pairs_per_sentence"] * n
+        count = int(expected) + (rng.random() < expected - int(expected))
+        first_class = rng.randrange(3)
+        labels = [(first_class + k) % 3 for k in range(count)]
+        rng.shuffle(labels)  # balanced counts, but no fixed class rhythm in the example order
+        pairs: list[tuple[int, int, int]] = []  # (s1, s2, label); s2 >= n points into `others`
+        others: list[str] = []
+        for label in labels:
             if label == 0:
-                first, second = (i, i + 1) if i + 1 < n else (i - 1, i)
-                pairs.append((sentences[first], sentences[second], 0))
+                i = rng.randrange(n - 1)
+                pairs.append((i, i + 1, 0))
             elif label == 1:
-                if n - 1 - i < 2 and i < 2:  # the middle of three sentences has no distant partner
-                    i = rng.choice((0, n - 1))
-                j = rng.choice([j for j in range(n) if abs(j - i) >= 2])
-                pairs.append((sentences[i], sentences[j], 1))
+                while True:  # uniform over pairs at distance >= 2; accepts >= 2/9 of the draws
+                    i, j = rng.randrange(n), rng.randrange(n)
+                    if abs(i - j) >= 2:
+                        break
+                pairs.append((min(i, j), max(i, j), 1))
             else:
-                pairs.append((sentences[i], self._other_document_sentence(doc.id, rng), 2))
-        encoded = self.tokenizer.encode_batch([text for first, second, _ in pairs for text in (first, second)])
+                pairs.append((rng.randrange(n), n + len(others), 2))
+                others.append(self.other_document_sentence(doc.id, rng))
+        # One tokenizer call per document; each of its sentences is tokenized once.
+        encoded = [e.ids for e in self.tokenizer.encode_batch(sentences + others)]
         examples = []
-        for k, (_, _, label) in enumerate(pairs):  # one tokenizer call per document, not per pair
-            ids, types = join_segments(self.tokenizer, [encoded[2 * k].ids, encoded[2 * k + 1].ids], self.seq_len)
+        for first, second, label in pairs:
+            ids, types = join_segments(self.tokenizer, [encoded[first], encoded[second]], self.seq_len)
             examples.append({"input_ids": ids, "token_type_ids": types, "labels": [label]})
         return examples
+
+    def describe_example(self, example: dict[str, list[int]]) -> str:
+        first, second = (self.tokenizer.decode(s) for s in split_segments(self.tokenizer, example["input_ids"]))
+        label = example["labels"][0]
+        return f"  s1: {first}\n  s2: {second}\n  label: {label} ({self.label_name(label)})"
