@@ -1,35 +1,61 @@
-"""Checkpoints: DeepSpeed engine state plus a JSON trainer state written last as the completion mark.
+"""Crash-safe checkpoints: written atomically, verified before use, loaded without pickled code.
 
 Layout::
 
-    RUN/checkpoints/<tag>/                 one checkpoint (tag e.g. ``stage-01-km``)
-        mp_rank_00_model_states.pt ...     model, optimizer and LR-schedule state (DeepSpeed's own format)
-        trainer_state.json                 curriculum position, stream positions, RNG, counters,
-                                           summary so far, wandb run id; written last
-    RUN/checkpoints/latest                 DeepSpeed's pointer to the newest tag
+    RUN/checkpoints/
+        stage-01-<name>/                   a stage-end checkpoint (kept for good)
+        step-0000500/                      a periodic one (the newest ``keep_checkpoints`` are kept)
+            mp_rank_00_model_states.pt     model, optimizer, LR schedule (DeepSpeed's own files;
+            ...                            under ZeRO also one optimizer shard per rank)
+            rng-rank-00.json               torch / numpy / python RNG state of each rank
+            trainer_state.json             curriculum position and budget spent per task, data
+                                           stream positions, loss-weighting state, counters,
+                                           summary so far, wandb run id, the run's configs, and a
+                                           manifest (size + SHA-256 of every other file); written
+                                           LAST: it is the completion marker
+        latest                             the newest checkpoint's name (replaced atomically)
+        .staging/                          a checkpoint being written (never resumed from)
 
-A checkpoint without a readable ``trainer_state.json`` is incomplete and never resumed from. The
-newest checkpoint is chosen by the step recorded inside it, never by parsing folder names.
+Writing: every file goes to ``.staging/<tag>``, is flushed and fsynced, the marker is written last,
+and only then is the folder renamed into place (one atomic rename) and ``latest`` replaced. A crash
+at any moment leaves either no new checkpoint or a complete one; the previous ones are untouched.
+
+Reading: a checkpoint counts only if its marker parses and every file of its manifest has the
+recorded size and hash. ``--resume auto`` takes the complete checkpoint with the highest recorded
+step (never parsed from folder names) and names, with a warning, each newer one it had to skip.
+Engine files are read with ``torch.load(weights_only=True)``: loading never runs pickled code.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
+import pickle
+import random
+import shutil
+import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
+import numpy as np
 import torch
+from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 
+from . import faults
 from .errors import CheckpointError
 
 STATE_FILE = "trainer_state.json"
+POINTER = "latest"
+STAGING = ".staging"
 
 
 def checkpoints_dir(run_dir: Path) -> Path:
     return Path(run_dir) / "checkpoints"
 
+
+# --- writing -------------------------------------------------------------------------------------
 
 def write_json_durably(path: Path, data: Any) -> None:
     """Write via a temporary file, fsync, then rename: readers see the old file or the new one."""
@@ -39,69 +65,199 @@ def write_json_durably(path: Path, data: Any) -> None:
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(tmp, path)
+    _fsync_dir(path.parent)
 
 
-def rng_state() -> dict[str, str]:
-    return {"torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
-def restore_rng_state(state: dict[str, str]) -> None:
-    raw = base64.b64decode(state["torch"])
-    torch.set_rng_state(torch.frombuffer(bytearray(raw), dtype=torch.uint8))
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
 
 
-def save_checkpoint(engine, run_dir: Path, tag: str, trainer_state: dict[str, Any]) -> Path:
-    """Save the engine under ``tag``, then the trainer state (the completion mark)."""
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def rng_state() -> dict[str, Any]:
+    """This process's torch, numpy and python RNG states, as JSON."""
+    np_state = np.random.get_state()
+    return {
+        "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode(),
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "python": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+    }
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(state["torch"])), dtype=torch.uint8))
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def _rank() -> int:
+    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+
+
+def _barrier() -> None:
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def save_checkpoint(engine, run_dir: Path, tag: str, trainer_state: dict[str, Any], stage_end: bool,
+                    keep: int) -> Path:
+    """Write checkpoint ``tag`` atomically (see the module docstring), then prune old periodic ones.
+    Every rank calls this; rank 0 writes the marker and renames."""
     root = checkpoints_dir(run_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    engine.save_checkpoint(str(root), tag=tag, save_latest=True)
+    staging_root = root / STAGING
+    staging = staging_root / tag
+    if _rank() == 0:
+        shutil.rmtree(staging_root, ignore_errors=True)  # leftovers of a crash while writing a checkpoint
+        staging_root.mkdir(parents=True, exist_ok=True)
+    _barrier()
+    engine.save_checkpoint(str(staging_root), tag=tag, save_latest=False)
+    write_json_durably(staging / f"rng-rank-{_rank():02d}.json", rng_state())
+    _barrier()
     target = root / tag
-    write_json_durably(target / STATE_FILE, {**trainer_state, "tag": tag, "rng": rng_state()})
+    if _rank() == 0:
+        files = sorted(p for p in staging.rglob("*") if p.is_file())
+        for path in files:
+            _fsync_file(path)
+        faults.inject(f"checkpoint-files:{tag}")
+        manifest = {str(p.relative_to(staging)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+        write_json_durably(staging / STATE_FILE, {**trainer_state, "tag": tag, "stage_end": stage_end, "files": manifest})
+        if target.exists():  # the same tag written again (a resumed run redoing a step): replace it
+            shutil.rmtree(target)
+        os.rename(staging, target)
+        _fsync_dir(root)
+        if not any(staging_root.iterdir()):
+            staging_root.rmdir()
+        (root / f".{POINTER}.tmp").write_text(tag)
+        os.replace(root / f".{POINTER}.tmp", root / POINTER)
+        _fsync_dir(root)
+        faults.inject(f"checkpoint-done:{tag}")
+        prune(root, keep)
+    _barrier()
     return target
 
 
+def prune(root: Path, keep: int) -> None:
+    """Delete complete periodic checkpoints beyond the newest ``keep``; stage-end ones stay."""
+    complete = sorted((s["global_step"], p, s) for p, s in _complete_checkpoints(root))
+    newest = {p for _, p, _ in complete[-keep:]}
+    for _, path, state in complete:
+        if path not in newest and not state.get("stage_end"):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+# --- reading -------------------------------------------------------------------------------------
+
 def read_state(checkpoint: Path) -> Optional[dict[str, Any]]:
-    """The trainer state of a complete checkpoint, or None if it is missing or unreadable."""
+    """The trainer state of a checkpoint, or None if its marker is missing or unreadable."""
     try:
         state = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return None
-    return state if isinstance(state, dict) and "global_step" in state else None
+    return state if isinstance(state, dict) and "global_step" in state and "files" in state else None
 
 
-def find_latest(run_dir: Path) -> Optional[Path]:
-    """The complete checkpoint with the highest recorded step (None when there is none)."""
+def problem_with(checkpoint: Path) -> Optional[str]:
+    """Why a checkpoint cannot be used (None when it is complete and intact)."""
+    state = read_state(checkpoint)
+    if state is None:
+        return f"no readable {STATE_FILE} (it was not finished)"
+    for name, expected in state["files"].items():
+        path = checkpoint / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != expected["size"]:
+            return f"{name} has {path.stat().st_size} bytes, {expected['size']} were written"
+        if _sha256(path) != expected["sha256"]:
+            return f"{name} is corrupted (its SHA-256 differs from the one recorded when it was written)"
+    return None
+
+
+def _complete_checkpoints(root: Path) -> list[tuple[Path, dict[str, Any]]]:
+    found = []
+    for path in sorted(root.iterdir()) if root.is_dir() else []:
+        if path.is_dir() and not path.name.startswith("."):
+            state = read_state(path)
+            if state is not None:
+                found.append((path, state))
+    return found
+
+
+def find_latest(run_dir: Path, warn: Callable[[str], None] = print) -> Optional[Path]:
+    """The intact checkpoint with the highest recorded step (None when there is none); each newer
+    checkpoint that had to be skipped is named in a warning."""
     root = checkpoints_dir(run_dir)
-    if not root.is_dir():
-        return None
-    best, best_step = None, -1
-    for candidate in sorted(p for p in root.iterdir() if p.is_dir()):
-        state = read_state(candidate)
-        if state is not None and state["global_step"] > best_step:
-            best, best_step = candidate, state["global_step"]
-    return best
+    candidates = []
+    for path in sorted(root.iterdir()) if root.is_dir() else []:
+        if path.is_dir() and not path.name.startswith("."):
+            state = read_state(path)
+            candidates.append((state["global_step"] if state else float("inf"), path.name, path))
+    for _, _, path in sorted(candidates, reverse=True):
+        problem = problem_with(path)
+        if problem is None:
+            return path
+        warn(f"ernie-cl: warning: skipping checkpoint {path}: {problem}")
+    return None
 
 
-def resolve_resume(resume: str, run_dir: Path) -> Optional[Path]:
-    """``auto`` -> newest complete checkpoint of the run (or None: start fresh); else a path."""
+def resolve_resume(resume: str, run_dir: Path, warn: Callable[[str], None] = print) -> Optional[Path]:
+    """``auto`` -> newest intact checkpoint of the run (or None: start fresh); else a path."""
     if resume == "auto":
-        return find_latest(run_dir)
+        return find_latest(run_dir, warn)
     path = Path(resume)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint '{resume}' does not exist; pass a folder under RUN/checkpoints/ or --resume auto")
-    if read_state(path) is None:
-        raise CheckpointError(f"checkpoint '{resume}' is incomplete (no readable {STATE_FILE}); pick another or use --resume auto")
+    problem = problem_with(path)
+    if problem is not None:
+        raise CheckpointError(f"checkpoint '{resume}' cannot be used: {problem}; pick another or use --resume auto")
     return path
 
 
+class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
+    """DeepSpeed's torch checkpoint engine, but loading with ``weights_only=True``: tensors and
+    plain containers only, no pickled code runs."""
+
+    def load(self, path: str, map_location=None):
+        return torch.load(path, map_location=map_location, weights_only=True)
+
+
 def load_checkpoint(engine, checkpoint: Path) -> dict[str, Any]:
-    """Restore engine (model, optimizer, LR schedule) and RNG; return the trainer state."""
+    """Restore engine (model, optimizer, LR schedule) and this rank's RNG; return the trainer state."""
     state = read_state(checkpoint)
     if state is None:
         raise CheckpointError(f"checkpoint '{checkpoint}' is incomplete; pick another or use --resume auto")
-    load_path, _ = engine.load_checkpoint(str(checkpoint.parent), tag=checkpoint.name,
-                                          load_optimizer_states=True, load_lr_scheduler_states=True)
+    engine.checkpoint_engine = WeightsOnlyCheckpointEngine()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            load_path, _ = engine.load_checkpoint(str(checkpoint.parent), tag=checkpoint.name,
+                                                  load_optimizer_states=True, load_lr_scheduler_states=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"refusing to load '{checkpoint}': its files hold pickled objects other than tensors and "
+                              "plain containers, and loading them could run code; use a checkpoint written by ernie-cl") from exc
+    except (RuntimeError, KeyError, ValueError) as exc:
+        raise CheckpointError(f"could not load the engine state from '{checkpoint}': {str(exc).splitlines()[0][:200]}") from exc
     if load_path is None:
         raise CheckpointError(f"DeepSpeed could not load the engine state from '{checkpoint}'")
-    restore_rng_state(state["rng"])
+    rng_file = checkpoint / f"rng-rank-{_rank():02d}.json"
+    if not rng_file.is_file():
+        raise CheckpointError(f"checkpoint '{checkpoint}' has no RNG state for rank {_rank()} "
+                              "(it was written with fewer processes); resume with the same number of processes")
+    restore_rng_state(json.loads(rng_file.read_text(encoding="utf-8")))
     return state

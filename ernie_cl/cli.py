@@ -36,7 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     train = sub.add_parser("train", help="run (or resume) staged pre-training from a schedule file",
                            description="Run the schedule's stages on the DeepSpeed engine. Writes RUN/metrics.jsonl "
                                        "(every step), RUN/summary.json (held-out evaluation before training and after "
-                                       "each stage), RUN/checkpoints/ (one per stage) and wandb files under RUN/wandb.")
+                                       "each stage), RUN/checkpoints/ (one per stage, one every training.checkpoint_every "
+                                       "steps, written atomically) and wandb files under RUN/wandb. SIGTERM or Ctrl-C "
+                                       "finishes the current step, writes a checkpoint and exits 128+signal.")
     train.add_argument("schedule", help="schedule YAML file (see schedules/)")
     train.add_argument("--run-dir", required=True, help="output folder of this run (created if missing)")
     train.add_argument("--resume", metavar="auto|CHECKPOINT",
@@ -46,6 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="wandb mode (default: offline, which writes local run files and sends nothing)")
     train.add_argument("--cache-dir", help="where parsed corpora, tokenizers and examples are cached "
                                            "(default: $ERNIE_CL_CACHE or ~/.cache/ernie-cl)")
+    train.add_argument("--allow-config-change", action="store_true",
+                       help="resume even though the schedule or model config differs from the checkpoint's "
+                            "(the differences are printed; shapes that no longer fit still fail)")
     train.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
 
     tasks = sub.add_parser("tasks", help="list the registered pre-training tasks, or show one task's examples",
@@ -66,8 +71,15 @@ def build_parser() -> argparse.ArgumentParser:
 def _train(args: argparse.Namespace) -> int:
     from .trainer import train
 
-    summary = train(args.schedule, args.run_dir, resume=args.resume, wandb_mode=args.wandb,
-                    cache_dir=args.cache_dir, show_progress=not args.no_progress)
+    from .stopping import StopRequested
+
+    try:
+        summary = train(args.schedule, args.run_dir, resume=args.resume, wandb_mode=args.wandb,
+                        cache_dir=args.cache_dir, show_progress=not args.no_progress,
+                        allow_config_change=args.allow_config_change)
+    except StopRequested as stop:
+        print(f"ernie-cl: {stop}", file=sys.stderr)
+        return stop.exit_code
     print(f"ernie-cl: done; {len(summary['stages'])} stage(s); summary in {Path(args.run_dir) / 'summary.json'}")
     return 0
 

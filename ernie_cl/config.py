@@ -56,6 +56,10 @@ class TrainingConfig(_Strict):
     eval_examples: int = Field(default=512, gt=0)
     eval_batch_size: int = Field(default=64, gt=0)
     log_every: int = Field(default=1, gt=0)
+    # a checkpoint every N optimizer steps inside stages (0: stage ends only); the newest
+    # keep_checkpoints are kept, stage-end checkpoints always
+    checkpoint_every: int = Field(default=250, ge=0)
+    keep_checkpoints: int = Field(default=2, ge=2)
     # co-active knowledge_masking / capitalization / token_document_relation share one forward pass
     fuse_token_tasks: bool = True
     threads: Optional[int] = Field(default=None, gt=0)  # torch threads; default: all cores

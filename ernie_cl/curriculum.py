@@ -159,6 +159,18 @@ class Curriculum:
         self.stage_index += 1
         self.step_in_stage = 0
 
+    def budget_spent(self) -> dict[str, int]:
+        """Iterations each task has trained so far (stages done, plus the current one's steps taken)."""
+        spent: dict[str, int] = {}
+        for stage in self.stages[: self.stage_index]:
+            for task, n in stage.budgets.items():
+                spent[task] = spent.get(task, 0) + n
+        if not self.finished:
+            for step_tasks in self.plan(self.stage_index)[: self.step_in_stage]:
+                for task in step_tasks:
+                    spent[task] = spent.get(task, 0) + 1
+        return spent
+
     def state_dict(self) -> dict[str, int]:
         return {"stage_index": self.stage_index, "step_in_stage": self.step_in_stage, "seed": self.seed}
 

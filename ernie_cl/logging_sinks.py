@@ -60,6 +60,11 @@ class WandbSink:
             flat = {f"eval/{task}/{k}": v for task, r in result.items() for k, v in r.items() if isinstance(v, (int, float))}
             self.run.log(flat, step=step)
 
+    def close(self) -> None:
+        """End the wandb run without a final summary (a stopped run that will be resumed)."""
+        if self.run is not None:
+            self.run.finish()
+
     def finish(self, summary: dict[str, Any]) -> None:
         if self.run is not None:
             self.run.summary["final_eval"] = summary["stages"][-1]["eval"] if summary["stages"] else {}

@@ -17,6 +17,7 @@ from typing import Any, Optional
 import torch
 
 from . import checkpoint as ckpt
+from . import faults
 from .config import ScheduleConfig, load_deepspeed_config, load_model_config, load_schedule
 from .curriculum import Curriculum, Step
 from .data import ExampleStream, to_device
@@ -27,6 +28,7 @@ from .evaluation import evaluate, trivial_baselines
 from .logging_sinks import MetricsLog, WandbSink, print_eval_table
 from .preparation import default_cache_dir, prepare
 from .progress import progress_bar
+from .stopping import GracefulStop, StopRequested
 
 
 def train(
@@ -36,6 +38,7 @@ def train(
     wandb_mode: str = "offline",
     cache_dir: Optional[str | os.PathLike] = None,
     show_progress: bool = True,
+    allow_config_change: bool = False,
 ) -> dict[str, Any]:
     """Run (or resume) a schedule; returns the summary also written to ``RUN/summary.json``."""
     name_accelerator()
@@ -77,7 +80,7 @@ def train(
     wandb_id = None
     if resume_from is not None:
         state = ckpt.load_checkpoint(engine, resume_from)
-        _check_same_run(state, identity, resume_from)
+        _check_same_run(state, identity, resume_from, allow_config_change)
         curriculum.load_state_dict(state["curriculum"])
         for name, stream in streams.items():
             stream.load_state_dict(state["streams"][name])
@@ -94,34 +97,60 @@ def train(
         sink.log_eval(summary["init_eval"], step=0)
         _write_summary(run_dir, summary)
 
-    progress = _progress_bar(curriculum, show_progress)
-    while not curriculum.finished:
-        stage = curriculum.current_stage
-        for step in curriculum.stage_steps():
-            record = _train_step(engine, step, streams, tasks, counters, device)
-            if step.global_step % training.log_every == 0 or step.step_in_stage == stage.steps - 1:
-                metrics.write(record)
-                sink.log_step(record)
-            progress.update(1)
-            progress.set_postfix(stage=stage.name, task=step.task, loss=f"{record['loss']:.3f}",
-                                 tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
-        curriculum.next_stage()
-        result = run_eval()
-        summary["stages"].append({"name": stage.name, "end_step": curriculum.global_step, "eval": result})
-        progress.clear()
-        print_eval_table(f"after stage '{stage.name}' (step {curriculum.global_step})", result)
-        sink.log_eval(result, step=curriculum.global_step)
+    def save(tag: str, stage_end: bool) -> Path:
         state = {
             "global_step": curriculum.global_step, "curriculum": curriculum.state_dict(),
+            "budget_spent": curriculum.budget_spent(),
             "streams": {n: s.state_dict() for n, s in streams.items()}, "counters": counters,
             "summary": summary, "wandb_run_id": sink.run_id, "identity": identity,
         }
-        ckpt.save_checkpoint(engine, run_dir, f"stage-{stage.index + 1:02d}-{_slug(stage.name)}", state)
-        _write_summary(run_dir, summary)
+        return ckpt.save_checkpoint(engine, run_dir, tag, state, stage_end=stage_end, keep=training.keep_checkpoints)
+
+    progress = _progress_bar(curriculum, show_progress)
+    with GracefulStop() as stop:
+        while not curriculum.finished:
+            stage = curriculum.current_stage
+            for step in curriculum.stage_steps():
+                record = _train_step(engine, step, streams, tasks, counters, device)
+                last_in_stage = step.step_in_stage == stage.steps - 1
+                if step.global_step % training.log_every == 0 or last_in_stage:
+                    metrics.write(record)
+                    sink.log_step(record)
+                progress.update(1)
+                progress.set_postfix(stage=stage.name, task=step.task, loss=f"{record['loss']:.3f}",
+                                     tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
+                faults.inject(f"step:{step.global_step}")
+                if last_in_stage:
+                    break  # the stage-end checkpoint below covers this step
+                every = training.checkpoint_every
+                if stop.requested or (every and step.global_step % every == 0):
+                    saved = save(f"step-{step.global_step:07d}", stage_end=False)
+                    if stop.requested:
+                        _stop(stop, saved, progress, metrics, sink, schedule_path, run_dir)
+            curriculum.next_stage()
+            result = run_eval()
+            summary["stages"].append({"name": stage.name, "end_step": curriculum.global_step, "eval": result})
+            progress.clear()
+            print_eval_table(f"after stage '{stage.name}' (step {curriculum.global_step})", result)
+            sink.log_eval(result, step=curriculum.global_step)
+            saved = save(f"stage-{stage.index + 1:02d}-{_slug(stage.name)}", stage_end=True)
+            _write_summary(run_dir, summary)
+            if stop.requested and not curriculum.finished:
+                _stop(stop, saved, progress, metrics, sink, schedule_path, run_dir)
     progress.close()
     metrics.close()
     sink.finish(summary)
     return summary
+
+
+def _stop(stop: GracefulStop, saved: Path, progress, metrics: MetricsLog, sink: WandbSink,
+          schedule_path: Path, run_dir: Path) -> None:
+    progress.close()
+    metrics.close()
+    sink.close()
+    raise StopRequested(f"stopped by {stop.signal_name} after step {ckpt.read_state(saved)['global_step']}; "
+                        f"checkpoint {saved}; continue with: ernie-cl train {schedule_path} --run-dir {run_dir} "
+                        "--resume auto", stop.exit_code)
 
 
 def _train_step(engine, step: Step, streams: dict[str, ExampleStream], tasks: dict[str, Any],
@@ -149,14 +178,33 @@ def _train_step(engine, step: Step, streams: dict[str, ExampleStream], tasks: di
     return record
 
 
-def _check_same_run(state: dict[str, Any], identity: dict[str, Any], where: Path) -> None:
-    saved = state.get("identity", {})
-    for part in ("schedule", "model"):
-        if saved.get(part) != identity[part]:
-            keys = sorted(k for k in set(saved.get(part, {})) | set(identity[part])
-                          if saved.get(part, {}).get(k) != identity[part].get(k))
-            raise CheckpointError(f"cannot resume from {where}: the {part} config changed since it was written "
-                                  f"(differs in: {', '.join(keys)}); use a new --run-dir or restore the old config")
+# Settings that change how a run reports or paces itself, not what it computes: a resume may change them.
+OPERATIONAL_KEYS = {"schedule.training.log_every", "schedule.training.checkpoint_every", "schedule.training.keep_checkpoints",
+                    "schedule.training.threads", "schedule.training.data_workers", "schedule.training.eval_batch_size"}
+
+
+def config_changes(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
+    """``key.path: old -> new`` for every setting that differs (operational keys excepted)."""
+    changes = []
+    for key in sorted(set(saved) | set(current), key=str):
+        path = f"{prefix}{key}"
+        old, new = saved.get(key, "<unset>"), current.get(key, "<unset>")
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes += config_changes(old, new, f"{path}.")
+        elif old != new and path not in OPERATIONAL_KEYS:
+            changes.append(f"{path}: {json.dumps(old)} -> {json.dumps(new)}")
+    return changes
+
+
+def _check_same_run(state: dict[str, Any], identity: dict[str, Any], where: Path, allow_change: bool) -> None:
+    changes = config_changes(state.get("identity", {}), identity)
+    if not changes:
+        return
+    shown = "; ".join(changes[:4]) + (f"; and {len(changes) - 4} more" if len(changes) > 4 else "")
+    if not allow_change:
+        raise CheckpointError(f"cannot resume from {where}: the config changed since it was written ({shown}); "
+                              "restore it, use a new --run-dir, or pass --allow-config-change to resume anyway")
+    print(f"ernie-cl: warning: resuming with a changed config ({shown})")
 
 
 def _write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
