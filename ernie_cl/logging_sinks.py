@@ -39,7 +39,7 @@ def _step_of(line: str) -> Optional[int]:
 class WandbSink:
     """Real wandb (offline by default: local run files under RUN/wandb, nothing sent)."""
 
-    def __init__(self, mode: str, run_dir: Path, schedule, run_id: Optional[str] = None):
+    def __init__(self, mode: str, run_dir: Path, schedule, run_id: Optional[str] = None, group: Optional[str] = None):
         self.run = None
         self.run_id = run_id
         if mode == "disabled":
@@ -47,7 +47,7 @@ class WandbSink:
         import wandb
 
         self.run = wandb.init(project="ernie-cl", name=Path(run_dir).name, dir=str(run_dir), mode=mode,
-                              id=run_id, resume="allow", config=schedule.model_dump(mode="json"),
+                              id=run_id, resume="allow", group=group, config=schedule.model_dump(mode="json"),
                               settings=wandb.Settings(console="off", silent=True))
         self.run_id = self.run.id
 

@@ -39,6 +39,7 @@ def train(
     cache_dir: Optional[str | os.PathLike] = None,
     show_progress: bool = True,
     allow_config_change: bool = False,
+    wandb_group: Optional[str] = None,
 ) -> dict[str, Any]:
     """Run (or resume) a schedule; returns the summary also written to ``RUN/summary.json``."""
     name_accelerator()
@@ -90,7 +91,7 @@ def train(
         print(f"ernie-cl: resumed from {resume_from} at step {state['global_step']}")
 
     metrics = MetricsLog(run_dir / "metrics.jsonl", keep_until_step=curriculum.global_step)
-    sink = WandbSink(wandb_mode, run_dir, schedule, run_id=wandb_id)
+    sink = WandbSink(wandb_mode, run_dir, schedule, run_id=wandb_id, group=wandb_group)
     if not summary["init_eval"]:
         summary["init_eval"] = run_eval()
         print_eval_table("before training", summary["init_eval"])

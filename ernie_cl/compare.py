@@ -1,0 +1,194 @@
+"""``ernie-cl compare``: did the curriculum pay off? The sequential schedule against its baselines.
+
+From one sequential schedule (tasks A, B, C, ... in order of first appearance, each with a total
+budget N_t) the strategies are derived with the same per-task budgets:
+
+- ``sequential``: the schedule as written (ERNIE 2.0: A, then A+B, then A+B+C, ...);
+- ``continual``: one task per stage, in the same order: (A)(B)(C), each with all of its N_t;
+- ``joint``: all tasks in one stage: (A,B,C);
+- ``pairwise``: every task alone, then every cyclically adjacent pair (A,B)(B,C)(C,A), then all
+  together (for three tasks exactly ERNIE 2.0's figure: (A)(B)(C), (A,B)(B,C)(A,C), (A,B,C)).
+
+Budgets of the derived stages are allocated the ERNIE 2.0 way (``allocation: ernie2``), which
+spends each task's N_t exactly over the stages it takes part in. Shared forward passes are turned
+off in every strategy: a fused step spends one iteration of several tasks, so fusion would give the
+strategies different step counts; without it every strategy takes exactly sum_t N_t optimizer
+steps, each training one task. (Fusion is a speed feature; the comparison is about the order.)
+
+Every strategy is trained with every seed into ``OUT/runs/<strategy>/seed-<s>/`` and evaluated on
+the held-out examples of every task after every stage (the accuracy matrix R), then on downstream
+tasks. Re-invoking with the same ``--out`` reuses finished runs and resumes interrupted ones from
+their checkpoints. ``OUT/results.json`` holds everything; ``OUT/report.md`` and the PNG plots are
+drawn from it (``ernie_cl/report.py``).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import yaml
+
+from .config import ScheduleConfig, load_schedule, resolve_config_file
+from .continual_metrics import summarize
+from .curriculum import allocate_budgets
+from .errors import ConfigError
+
+STRATEGIES = ("sequential", "continual", "joint", "pairwise")
+
+
+def task_budgets(schedule: ScheduleConfig) -> dict[str, int]:
+    """Each task's total iterations over the whole schedule, in task order."""
+    totals = {t: 0 for t in schedule.task_names()}
+    for stage in allocate_budgets(schedule):
+        for task, n in stage.budgets.items():
+            totals[task] += n
+    return totals
+
+
+def strategy_stages(strategy: str, tasks: list[str], sequential: list[list[str]]) -> list[list[str]]:
+    """The task lists of a strategy's stages."""
+    if strategy == "sequential":
+        return sequential
+    if strategy == "continual":
+        return [[t] for t in tasks]
+    if strategy == "joint":
+        return [list(tasks)]
+    if strategy == "pairwise":
+        if len(tasks) < 3:
+            return [[t] for t in tasks] + [list(tasks)]
+        pairs = [[tasks[i], tasks[(i + 1) % len(tasks)]] for i in range(len(tasks))]
+        return [[t] for t in tasks] + pairs + [list(tasks)]
+    raise ConfigError(f"unknown strategy '{strategy}'; choose from {', '.join(STRATEGIES)}")
+
+
+def derive_schedule(schedule: ScheduleConfig, strategy: str, seed: int, base_dir: Path) -> dict[str, Any]:
+    """The strategy's schedule as a plain dict (to be written as YAML), with the same per-task
+    budgets, fusion off, the given seed, and config paths made absolute."""
+    budgets = task_budgets(schedule)
+    tasks = list(budgets)
+    stages = strategy_stages(strategy, tasks, [s.task_names for s in schedule.stages])
+    data = schedule.model_dump(mode="json")
+    data.update(name=f"{schedule.name}-{strategy}", seed=seed, allocation="ernie2")
+    data["model"] = str(resolve_config_file(schedule.model, "model", ".yaml", base_dir).resolve())
+    data["deepspeed"] = str(resolve_config_file(schedule.deepspeed, "deepspeed", ".json", base_dir).resolve())
+    if data["corpus"].get("path"):
+        data["corpus"]["path"] = str(Path(data["corpus"]["path"]).resolve())
+    data["training"]["fuse_token_tasks"] = False
+    data["tasks"] = {t: {**data["tasks"].get(t, {}), "iterations": budgets[t]} for t in tasks}
+    names = [f"{i + 1:02d}-{'+'.join(s)}" if strategy != "sequential" else schedule.stages[i].name
+             for i, s in enumerate(stages)]
+    data["stages"] = [{"name": name, "tasks": s} for name, s in zip(names, stages)]
+    return data
+
+
+def _loss_curve(run_dir: Path, points: int = 200) -> list[list[float]]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    width = max(1, len(rows) // points)
+    return [[rows[i + width - 1]["step"], sum(r["loss"] for r in rows[i:i + width]) / width]
+            for i in range(0, len(rows) - width + 1, width)]
+
+
+def _run_record(run_dir: Path, tasks: list[str], stage_tasks: list[list[str]]) -> dict[str, Any]:
+    """R, baselines and continual-learning metrics of one finished run, from its summary.json."""
+    summary = json.loads((run_dir / "summary.json").read_text())
+    R = [[stage["eval"][t]["metric"] for t in tasks] for stage in summary["stages"]]
+    return {
+        "run_dir": str(run_dir),
+        "R": R,
+        "R_init": [summary["init_eval"][t]["metric"] for t in tasks],
+        "baselines": {t: summary["init_eval"][t]["baseline"] for t in tasks},
+        "metric_names": {t: summary["init_eval"][t]["metric_name"] for t in tasks},
+        "metrics": summarize(R, stage_tasks, tasks),
+        "loss_curve": _loss_curve(run_dir),
+    }
+
+
+def _finished(run_dir: Path, n_stages: int) -> bool:
+    try:
+        return len(json.loads((run_dir / "summary.json").read_text())["stages"]) == n_stages
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def run_comparison(
+    schedule_path: str | Path,
+    out_dir: str | Path,
+    seeds: int = 1,
+    strategies: tuple[str, ...] = STRATEGIES,
+    finetune_tasks: tuple[str, ...] = (),
+    wandb_mode: str = "offline",
+    cache_dir: Optional[str | Path] = None,
+    show_progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Train and evaluate every strategy with every seed; write results.json, report.md, plots."""
+    from .downstream import finetune, probe_pang_lee
+    from .report import write_report
+    from .trainer import train
+
+    schedule_path, out_dir = Path(schedule_path), Path(out_dir)
+    for strategy in strategies:
+        if strategy not in STRATEGIES:
+            raise ConfigError(f"unknown strategy '{strategy}'; choose from {', '.join(STRATEGIES)}")
+    schedule = load_schedule(schedule_path)
+    budgets = task_budgets(schedule)
+    tasks = list(budgets)
+    base_seed = schedule.seed
+    group = f"compare-{out_dir.resolve().name}"
+    results: dict[str, Any] = {"schedule": str(schedule_path), "tasks": tasks, "seeds": [base_seed + i for i in range(seeds)],
+                               "budgets": budgets, "wandb_group": group, "strategies": {}}
+    for strategy in strategies:
+        entry: dict[str, Any] = {"runs": {}}
+        for seed in results["seeds"]:
+            derived = derive_schedule(schedule, strategy, seed, schedule_path.parent)
+            stage_tasks = [s["tasks"] for s in derived["stages"]]
+            run_dir = out_dir / "runs" / strategy / f"seed-{seed}"
+            run_dir.mkdir(parents=True, exist_ok=True)
+            derived_path = run_dir / "schedule.yaml"
+            derived_path.write_text(yaml.safe_dump(derived, sort_keys=False))
+            timing_file = run_dir / "compare_run.json"
+            timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {"wall_time_s": 0.0}
+            if _finished(run_dir, len(stage_tasks)):
+                log(f"ernie-cl compare: {strategy}, seed {seed}: reusing the finished run in {run_dir}")
+            else:
+                log(f"ernie-cl compare: training {strategy}, seed {seed} ({len(stage_tasks)} stages) in {run_dir}")
+                started = time.perf_counter()
+                train(derived_path, run_dir, resume="auto", wandb_mode=wandb_mode, cache_dir=cache_dir,
+                      show_progress=show_progress, wandb_group=group)
+                timing["wall_time_s"] += time.perf_counter() - started
+                timing_file.write_text(json.dumps(timing))
+            record = _run_record(run_dir, tasks, stage_tasks)
+            final = sorted((run_dir / "checkpoints").glob("stage-*"))[-1]
+            state = json.loads((final / "trainer_state.json").read_text())
+            record.update(wall_time_s=timing["wall_time_s"], tokens_seen=state["counters"]["tokens_seen"],
+                          downstream=_downstream(run_dir, final, finetune_tasks, seed, cache_dir, probe_pang_lee, finetune))
+            entry["runs"][str(seed)] = record
+            entry["stages"] = [{"name": s["name"], "tasks": s["tasks"]} for s in derived["stages"]]
+            entry["total_steps"] = sum(budgets.values())
+        entry["budgets"] = budgets
+        results["strategies"][strategy] = entry
+        _write_json(out_dir / "results.json", results)  # partial results survive an interruption
+    write_report(results, out_dir)
+    return results
+
+
+def _downstream(run_dir: Path, checkpoint: Path, finetune_tasks: tuple[str, ...], seed: int, cache_dir, probe, finetune) -> dict:
+    """Downstream scores of a run's final checkpoint, cached in RUN/downstream.json."""
+    cache_file = run_dir / "downstream.json"
+    scores = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+    if "pang_lee_probe" not in scores:
+        scores["pang_lee_probe"] = probe(checkpoint, seed=seed, cache_dir=cache_dir)
+    for spec in finetune_tasks:
+        if spec not in scores:
+            scores[spec] = finetune(checkpoint, spec, seed=seed, cache_dir=cache_dir)
+    _write_json(cache_file, scores)
+    return scores
+
+
+def _write_json(path: Path, data: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
