@@ -25,6 +25,8 @@ Typical use:
   ernie-cl tasks                                                 # registered pre-training tasks
   ernie-cl tasks knowledge_masking --examples 3                  # what a task's examples look like
   ernie-cl validate schedules/demo.yaml                          # check a schedule, nothing else
+  ernie-cl compare schedules/ernie2_en.yaml --out runs/cmp --seeds 3   # curriculum vs baselines
+  ernie-cl finetune runs/demo --task path/to/glue_task/          # fine-tune a checkpoint downstream
 """
 
 
@@ -65,6 +67,48 @@ def build_parser() -> argparse.ArgumentParser:
 
     validate = sub.add_parser("validate", help="check a schedule file and the configs it names, then stop")
     validate.add_argument("schedule", help="schedule YAML file")
+
+    compare = sub.add_parser(
+        "compare", help="train the sequential schedule and its continual / joint / pairwise baselines, then report",
+        description="From one sequential schedule, derive the baselines with the same per-task iteration budgets and the "
+                    "same total steps (shared forward passes off everywhere), train each strategy with each seed, "
+                    "evaluate every task after every stage (accuracy matrix, average final metric, backward transfer, "
+                    "forgetting) and downstream (a linear probe on gensim's Pang & Lee polarity sentences, plus any "
+                    "--finetune tasks). Writes OUT/results.json, OUT/report.md and PNG plots; the runs go to "
+                    "OUT/runs/<strategy>/seed-<s>/ and form one wandb group. Re-running with the same --out reuses "
+                    "finished runs and resumes interrupted ones.")
+    compare.add_argument("schedule", help="the sequential schedule (e.g. schedules/ernie2_en.yaml)")
+    compare.add_argument("--out", required=True, help="output folder")
+    compare.add_argument("--seeds", type=int, default=1, metavar="N", help="seeds per strategy: the schedule's seed, +1, ... (default 1)")
+    compare.add_argument("--strategies", default="sequential,continual,joint,pairwise",
+                         help="comma-separated, from sequential, continual, joint, pairwise (default: all four)")
+    compare.add_argument("--finetune", action="append", default=[], metavar="TASK",
+                         help="also fine-tune every final checkpoint on this GLUE-style task (as for `ernie-cl finetune --task`); repeatable")
+    compare.add_argument("--wandb", choices=["disabled", "offline", "online"], default="offline", help="wandb mode (default offline)")
+    compare.add_argument("--cache-dir", help="cache folder (as for train)")
+    compare.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+
+    finetune = sub.add_parser("finetune", help="fine-tune a checkpoint on a GLUE-style task and report the dev metric",
+                              description=FINETUNE_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    finetune.add_argument("checkpoint", help="a checkpoint folder RUN/checkpoints/<tag> (or a run folder: its newest complete checkpoint)")
+    finetune.add_argument("--task", required=True, metavar="FILE_OR_DIR_OR_DATASET", help="the task (formats above)")
+    finetune.add_argument("--config", metavar="NAME", help="configuration of a Hugging Face dataset (e.g. sst2 for nyu-mll/glue)")
+    finetune.add_argument("--text-columns", metavar="A[,B]", help="the text column(s) (default: found by their GLUE names)")
+    finetune.add_argument("--label-column", metavar="NAME", help="the label column (default: label, gold_label, score, ...)")
+    finetune.add_argument("--task-type", choices=["classification", "regression"],
+                          help="default: regression when the labels are decimal numbers, else classification")
+    finetune.add_argument("--epochs", type=int, default=3, metavar="N", help="training epochs (default 3)")
+    finetune.add_argument("--lr", type=float, metavar="X", help="peak learning rate (default by model width: 5e-5 for "
+                                                                "hidden size 768, up to 1e-3 for tiny models)")
+    finetune.add_argument("--batch-size", type=int, default=32, metavar="N", help="default 32")
+    finetune.add_argument("--seed", type=int, default=0, metavar="N", help="seeds the head, dropout, batch order and any "
+                                                                           "80/20 split (default 0)")
+    finetune.add_argument("--max-len", type=int, metavar="N", help="tokens per example (default 128, or the pre-training length if shorter)")
+    finetune.add_argument("--pooling", choices=["mean", "cls"], default="mean",
+                          help="what the head reads: mean of the last layer (default) or [CLS]")
+    finetune.add_argument("--out", metavar="FILE.json", help="also write the result as JSON")
+    finetune.add_argument("--cache-dir", help="the cache the run used (its tokenizer lives there; as for train)")
+    finetune.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
     return parser
 
 
@@ -81,6 +125,18 @@ def _train(args: argparse.Namespace) -> int:
         print(f"ernie-cl: {stop}", file=sys.stderr)
         return stop.exit_code
     print(f"ernie-cl: done; {len(summary['stages'])} stage(s); summary in {Path(args.run_dir) / 'summary.json'}")
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from .compare import run_comparison
+
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {args.seeds}")
+    strategies = tuple(s.strip() for s in args.strategies.split(",") if s.strip())
+    run_comparison(args.schedule, args.out, seeds=args.seeds, strategies=strategies, finetune_tasks=tuple(args.finetune),
+                   wandb_mode=args.wandb, cache_dir=args.cache_dir, show_progress=not args.no_progress)
+    print(f"ernie-cl: comparison done; see {Path(args.out) / 'report.md'} and {Path(args.out) / 'results.json'}")
     return 0
 
 
@@ -130,13 +186,59 @@ def _validate(args: argparse.Namespace) -> int:
     return 0
 
 
+FINETUNE_DESCRIPTION = """\
+Fine-tune a copy of a pre-trained checkpoint (all weights) plus a fresh head on one task, in plain
+torch (AdamW, linear warm-up and decay), and report the dev metric after the last epoch:
+accuracy for classification, Pearson (and Spearman) correlation for regression. Nothing is
+downloaded.
+
+--task accepts:
+  DIR                a folder with train.tsv|csv|jsonl and dev.* (or validation.*), as GLUE ships
+                     them; without a dev file train is split 80/20
+  FILE               one .tsv/.csv/.jsonl/.json file, split 80/20 (seeded; stratified by label for
+                     classification)
+  NAME [--config C]  a Hugging Face dataset already in the local cache (datasets.load_dataset is
+                     run offline; train and validation splits), or a folder saved with save_to_disk
+Files: .tsv with a header row (GLUE layout, no quoting), .csv with a header row, .jsonl with one
+object a line, .json with a list of objects. Text columns are found by their GLUE names
+(sentence; sentence1+sentence2; question+sentence; question1+question2; premise+hypothesis; text)
+and the label in label, gold_label or score; --text-columns and --label-column override them.
+Integer or string labels make a classification task, decimal numbers (3.800) a regression task.
+
+Example:
+  ernie-cl finetune runs/demo/checkpoints/stage-02-masking-capitalization --task glue_data/SST-2 --epochs 3 --out sst2.json
+"""
+
+
+def _finetune(args: argparse.Namespace) -> int:
+    import json
+
+    from .finetune import finetune
+
+    columns = [c.strip() for c in args.text_columns.split(",") if c.strip()] if args.text_columns else None
+    result = finetune(args.checkpoint, args.task, config=args.config, text_columns=columns, label_column=args.label_column,
+                      task_type=args.task_type, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, seed=args.seed,
+                      max_len=args.max_len, pooling=args.pooling, cache_dir=args.cache_dir, show_progress=not args.no_progress)
+    value = "undefined (constant predictions)" if result["value"] is None else f"{result['value']:.4f}"
+    baseline = f"; majority baseline {result['majority_baseline']:.4f}" if "majority_baseline" in result else ""
+    print(f"{result['task']}: {result['metric_name']} {value} on {result['dev_examples']} dev examples "
+          f"({result['train_examples']} train, {args.epochs} epoch(s){baseline})")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+        print(f"ernie-cl: result written to {args.out}")
+    else:
+        print(json.dumps(result, indent=1))
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:
         parser.print_help()
         return 2
-    handler = {"train": _train, "tasks": _tasks, "validate": _validate}[args.command]
+    handler = {"train": _train, "tasks": _tasks, "validate": _validate, "finetune": _finetune, "compare": _compare}[args.command]
     try:
         return handler(args)
     except ErnieClError as exc:

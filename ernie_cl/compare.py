@@ -125,14 +125,17 @@ def run_comparison(
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Train and evaluate every strategy with every seed; write results.json, report.md, plots."""
-    from .downstream import finetune, probe_pang_lee
+    for strategy in strategies:
+        if strategy not in STRATEGIES:
+            raise ConfigError(f"unknown strategy '{strategy}'; choose from {', '.join(STRATEGIES)}")
+    if not strategies:
+        raise ConfigError("--strategies is empty; name at least one of " + ", ".join(STRATEGIES))
+    from .downstream import probe_pang_lee
+    from .finetune import finetune
     from .report import write_report
     from .trainer import train
 
     schedule_path, out_dir = Path(schedule_path), Path(out_dir)
-    for strategy in strategies:
-        if strategy not in STRATEGIES:
-            raise ConfigError(f"unknown strategy '{strategy}'; choose from {', '.join(STRATEGIES)}")
     schedule = load_schedule(schedule_path)
     budgets = task_budgets(schedule)
     tasks = list(budgets)
@@ -166,7 +169,8 @@ def run_comparison(
             record.update(wall_time_s=timing["wall_time_s"], tokens_seen=state["counters"]["tokens_seen"],
                           downstream=_downstream(run_dir, final, finetune_tasks, seed, cache_dir, probe_pang_lee, finetune))
             entry["runs"][str(seed)] = record
-            entry["stages"] = [{"name": s["name"], "tasks": s["tasks"]} for s in derived["stages"]]
+            steps = [sum(stage.budgets.values()) for stage in allocate_budgets(load_schedule(derived_path))]
+            entry["stages"] = [{"name": s["name"], "tasks": s["tasks"], "steps": n} for s, n in zip(derived["stages"], steps)]
             entry["total_steps"] = sum(budgets.values())
         entry["budgets"] = budgets
         results["strategies"][strategy] = entry

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import json
+
 import pytest
 import yaml
 
@@ -86,3 +88,56 @@ def test_the_continual_strategy_gives_each_task_its_whole_budget_in_its_own_stag
     stages = plan_stages(schedule)
     budgets = task_budgets(load_schedule(path))
     assert [s.budgets for s in stages] == [{t: n} for t, n in budgets.items()]
+
+
+MICRO_MODEL = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+               "intermediate_size": 64, "max_position_embeddings": 128}
+
+
+def test_a_small_comparison_writes_results_report_and_plots_and_reuses_its_runs(tmp_path):
+    from ernie_cl.compare import run_comparison
+
+    (tmp_path / "micro.yaml").write_text(yaml.safe_dump(MICRO_MODEL))
+    schedule = {
+        "name": "cmp", "seed": 1, "model": "micro.yaml", "deepspeed": "zero0",
+        "corpus": {"source": "bundled", "max_documents": 40, "eval_fraction": 0.1},
+        "tokenizer": {"vocab_size": 1000},
+        "training": {"batch_size": 4, "seq_len": 64, "lr": 2e-3, "warmup_steps": 2, "eval_examples": 16,
+                     "eval_batch_size": 16, "threads": 1, "checkpoint_every": 0},
+        "tasks": {"knowledge_masking": {"iterations": 6}, "capitalization": {"iterations": 4}},
+        "stages": [{"name": "km", "tasks": ["knowledge_masking"]},
+                   {"name": "km+cap", "tasks": ["knowledge_masking", "capitalization"]}],
+    }
+    path = tmp_path / "cmp.yaml"
+    path.write_text(yaml.safe_dump(schedule))
+    out, logs = tmp_path / "out", []
+    results = run_comparison(path, out, seeds=2, strategies=("sequential", "joint"), wandb_mode="offline",
+                             cache_dir=tmp_path / "cache", show_progress=False, log=logs.append)
+    assert results["seeds"] == [1, 2] and set(results["strategies"]) == {"sequential", "joint"}
+    for name, n_stages in (("sequential", 2), ("joint", 1)):
+        entry = results["strategies"][name]
+        assert entry["total_steps"] == 10 and entry["budgets"] == {"knowledge_masking": 6, "capitalization": 4}
+        for seed in ("1", "2"):
+            run = entry["runs"][seed]
+            assert len(run["R"]) == n_stages and all(len(row) == 2 for row in run["R"])
+            assert 0.0 <= run["downstream"]["pang_lee_probe"]["accuracy"] <= 1.0
+            assert run["downstream"]["pang_lee_probe"]["n"] == 200
+            assert run["tokens_seen"] > 0 and run["wall_time_s"] > 0 and run["loss_curve"]
+            metrics = [json.loads(line) for line in (Path(run["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
+            assert len(metrics) == 10 and all(len(m["tasks"]) == 1 for m in metrics)  # no fused steps
+    # different seeds really are different runs
+    seq = results["strategies"]["sequential"]["runs"]
+    assert seq["1"]["loss_curve"] != seq["2"]["loss_curve"]
+    assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
+    report = (out / "report.md").read_text()
+    assert "sequential" in report and "joint" in report and "±" in report
+    assert (out / "heatmap_sequential.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # one wandb group holds every run of the comparison
+    run_files = list(out.glob("runs/*/*/wandb/offline-run-*/run-*.wandb"))
+    assert len(run_files) == 4 and all(results["wandb_group"].encode() in f.read_bytes() for f in run_files)
+    # re-invoking reuses every finished run instead of training again
+    logs.clear()
+    again = run_comparison(path, out, seeds=2, strategies=("sequential", "joint"), wandb_mode="offline",
+                           cache_dir=tmp_path / "cache", show_progress=False, log=logs.append)
+    assert sum("reusing" in line for line in logs) == 4 and not any("training" in line for line in logs)
+    assert again["strategies"]["sequential"]["runs"]["1"]["R"] == seq["1"]["R"]
