@@ -75,6 +75,15 @@ class StageConfig(_Strict):
     name: str = Field(min_length=1)
     # A list of task names (budgets allocated the ERNIE 2.0 way) or {task: iterations in this stage}.
     tasks: Union[list[str], dict[str, int]]
+    # loss weighting of the tasks that share a step: {method: fixed|uncertainty|dwa|gradnorm|dtp, OPTION: VALUE}
+    balancing: Optional[dict[str, Any]] = None
+
+    @model_validator(mode="after")
+    def _balancing_fits(self) -> "StageConfig":
+        from .balancing import validate_balancing
+
+        validate_balancing(self.balancing, self.task_names)
+        return self
 
     @field_validator("tasks")
     @classmethod

@@ -85,6 +85,8 @@ def load_encoder(checkpoint: PathLike, cache_dir: Optional[PathLike] = None,
     weights = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True).get("module")
     if not isinstance(weights, dict):
         raise CheckpointError(f"checkpoint '{folder}': {WEIGHTS_FILE} holds no 'module' weights")
+    # the loss balancers' state belongs to pre-training, not to the encoder
+    weights = {k: v for k, v in weights.items() if not k.startswith("balancers.")}
     try:
         encoder.load_state_dict(weights, strict=True)
     except RuntimeError as exc:

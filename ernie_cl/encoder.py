@@ -74,6 +74,14 @@ class ErnieEncoder(nn.Module):
         self.heads = nn.ModuleDict({name: task.make_head(hidden, embeddings) for name, task in tasks.items()})
         self._tasks = tasks  # plain objects (not modules): select / loss / metric logic
 
+    def last_shared_parameters(self) -> list[nn.Parameter]:
+        """The parameters of the backbone's last transformer layer (GradNorm measures gradient norms
+        there): the last child module that holds parameters, searched depth-first from the end."""
+        layers = getattr(getattr(self.backbone, "encoder", None), "layer", None)
+        if layers is not None and len(layers):
+            return [p for p in layers[-1].parameters() if p.requires_grad]
+        return [p for p in list(self.backbone.parameters())[-8:] if p.requires_grad]
+
     def encode(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor,
                task_ids: Sequence[int]) -> torch.Tensor:
         """Hidden states; the input carries the task embedding of its task, or, for an input shared

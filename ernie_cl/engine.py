@@ -89,7 +89,9 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
             if id(param) in seen or not param.requires_grad:
                 continue  # tied weights appear twice
             seen.add(id(param))
-            exempt = name == "bias" or isinstance(module, (torch.nn.LayerNorm, torch.nn.Embedding))
+            # balancers: uncertainty's log-variances; decay would pull them to 0 (weight 1/2)
+            exempt = name == "bias" or isinstance(module, (torch.nn.LayerNorm, torch.nn.Embedding)) \
+                or module_name.startswith("balancers")
             (no_decay if exempt else decay).append(param)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 

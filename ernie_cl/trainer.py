@@ -18,7 +18,8 @@ import torch
 
 from . import checkpoint as ckpt
 from . import faults
-from .config import ScheduleConfig, load_deepspeed_config, load_model_config, load_schedule
+from .balancing import balancer_from_spec
+from .config import load_deepspeed_config, load_model_config, load_schedule
 from .curriculum import Curriculum, Step
 from .data import ExampleStream, to_device
 from .encoder import ErnieEncoder, build_backbone
@@ -61,6 +62,9 @@ def train(
     tokenizer, tasks = prepared.tokenizer, prepared.tasks
     torch.manual_seed(schedule.seed)
     model = ErnieEncoder(build_backbone(model_cfg, tokenizer, training.seq_len), tasks)
+    # One loss balancer per stage, registered in the model so that the engine's optimizer steps
+    # learned weights (uncertainty) and checkpoints carry every balancer's state.
+    model.balancers = torch.nn.ModuleList(balancer_from_spec(s.balancing, s.task_names) for s in schedule.stages)
     curriculum = Curriculum(prepared.stages, schedule.seed)
     engine = create_engine(model, ds_cfg, training, curriculum.total_steps)
     device = engine.device
@@ -156,26 +160,35 @@ def _stop(stop: GracefulStop, saved: Path, progress, metrics: MetricsLog, sink: 
 
 def _train_step(engine, step: Step, streams: dict[str, ExampleStream], tasks: dict[str, Any],
                 counters: dict[str, int], device) -> dict[str, Any]:
-    """One optimizer step on the step's task, or on its fused token-level tasks sharing one batch."""
+    """One optimizer step on the step's task, or on its fused token-level tasks sharing one batch;
+    the task losses are combined by the stage's balancer."""
     started = time.perf_counter()
     fused = bool(step.stage.fused) and step.tasks[0] in step.stage.fused
     stream = streams["+".join(step.stage.fused) if fused else step.task]
     batch = to_device(stream.next_batch(), device)
     batch["labels"] = {t: batch["labels"][t] for t in step.tasks}  # members not in this step sit out
     outputs = engine(**batch)
-    loss = sum(out[0] for out in outputs.values())  # equal weights (loss balancing comes per stage)
+    accuracy = {}
+    for name, (_, logits, targets) in outputs.items():
+        correct, total = tasks[name].metric_counts(logits.detach(), targets)
+        accuracy[name] = correct / max(total, 1)
+    balancer = engine.module.balancers[step.stage.index]
+    shared = engine.module.last_shared_parameters() if balancer.method == "gradnorm" else None
+    loss, weights = balancer.combine({name: out[0] for name, out in outputs.items()}, accuracies=accuracy, shared_params=shared)
     engine.backward(loss)
     engine.step()
     tokens = int(batch["attention_mask"].sum())
     counters["tokens_seen"] += tokens
+    elapsed = time.perf_counter() - started
     record: dict[str, Any] = {"step": step.global_step, "stage": step.stage.name, "stage_index": step.stage.index,
-                              "task": step.task, "tasks": list(step.tasks), "loss": float(loss.detach())}
-    for name, (task_loss, logits, targets) in outputs.items():
-        correct, total = tasks[name].metric_counts(logits.detach(), targets)
+                              "task": step.task, "tasks": list(step.tasks),
+                              "loss": float(sum(out[0].detach() for out in outputs.values())),  # unweighted: comparable
+                              "weighted_loss": float(loss.detach())}
+    for name, (task_loss, _, _) in outputs.items():
         record[f"{name}/loss"] = float(task_loss.detach())
-        record[f"{name}/train_accuracy"] = correct / max(total, 1)
-    record.update(lr=engine.get_lr()[0], tokens_per_s=tokens / (time.perf_counter() - started),
-                  tokens_seen=counters["tokens_seen"])
+        record[f"{name}/train_accuracy"] = accuracy[name]
+        record[f"{name}/weight"] = weights[name]
+    record.update(lr=engine.get_lr()[0], tokens_per_s=tokens / elapsed, step_time_s=elapsed, tokens_seen=counters["tokens_seen"])
     return record
 
 

@@ -65,7 +65,7 @@ def losses(run_dir: Path) -> list[tuple[int, float]]:
 
 
 def weights(run_dir: Path, tag: str = FINAL) -> dict[str, torch.Tensor]:
-    return torch.load(run_dir / "checkpoints" / tag / "mp_rank_00_model_states.pt", weights_only=True)["module"]
+    return {k: v for k, v in torch.load(run_dir / "checkpoints" / tag / "mp_rank_00_model_states.pt", weights_only=True)["module"].items() if isinstance(v, torch.Tensor)}  # balancer state: JSON
 
 
 def assert_same_as_uninterrupted(paths: dict[str, Path], run_dir: Path) -> None:

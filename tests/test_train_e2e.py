@@ -61,7 +61,7 @@ def metrics(run_dir: Path) -> list[dict]:
 
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     state = torch.load(run_dir / "checkpoints" / "stage-02-km-cap" / "mp_rank_00_model_states.pt", weights_only=True)
-    return state["module"]
+    return {k: v for k, v in state["module"].items() if isinstance(v, torch.Tensor)}  # balancer state: JSON
 
 
 def crash_during_stage_2(full: Path, target: Path) -> Path:
@@ -111,7 +111,7 @@ def test_stage_checkpoints_and_offline_wandb_files_are_written(full_run):
 def test_resume_after_a_crash_in_stage_2_matches_the_uninterrupted_run(full_run, schedule_file, cache_dir, tmp_path):
     resumed = crash_during_stage_2(full_run, tmp_path / "resumed")
     summary = train(schedule_file, resumed, resume="auto", wandb_mode="offline", cache_dir=cache_dir, show_progress=False)
-    assert metrics(resumed) == [{**r, "tokens_per_s": m["tokens_per_s"]} for r, m in zip(metrics(full_run), metrics(resumed))]
+    assert metrics(resumed) == [{**r, "tokens_per_s": m["tokens_per_s"], "step_time_s": m["step_time_s"]} for r, m in zip(metrics(full_run), metrics(resumed))]
     assert summary == json.loads((full_run / "summary.json").read_text())
     expected, got = final_weights(full_run), final_weights(resumed)
     assert expected.keys() == got.keys()
