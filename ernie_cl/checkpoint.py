@@ -44,7 +44,7 @@ import torch
 from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 
 from . import faults
-from .errors import CheckpointError
+from .errors import CheckpointError, TrainingError
 
 STATE_FILE = "trainer_state.json"
 POINTER = "latest"
@@ -126,29 +126,34 @@ def save_checkpoint(engine, run_dir: Path, tag: str, trainer_state: dict[str, An
     if _rank() == 0:
         shutil.rmtree(staging_root, ignore_errors=True)  # leftovers of a crash while writing a checkpoint
         staging_root.mkdir(parents=True, exist_ok=True)
-    _barrier()
-    engine.save_checkpoint(str(staging_root), tag=tag, save_latest=False)
-    write_json_durably(staging / f"rng-rank-{_rank():02d}.json", rng_state())
-    _barrier()
-    target = root / tag
-    if _rank() == 0:
-        files = sorted(p for p in staging.rglob("*") if p.is_file())
-        for path in files:
-            _fsync_file(path)
-        faults.inject(f"checkpoint-files:{tag}")
-        manifest = {str(p.relative_to(staging)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}
-        write_json_durably(staging / STATE_FILE, {**trainer_state, "tag": tag, "stage_end": stage_end, "files": manifest})
-        if target.exists():  # the same tag written again (a resumed run redoing a step): replace it
-            shutil.rmtree(target)
-        os.rename(staging, target)
-        _fsync_dir(root)
-        if not any(staging_root.iterdir()):
-            staging_root.rmdir()
-        (root / f".{POINTER}.tmp").write_text(tag)
-        os.replace(root / f".{POINTER}.tmp", root / POINTER)
-        _fsync_dir(root)
-        faults.inject(f"checkpoint-done:{tag}")
-        prune(root, keep)
+    try:
+        _barrier()
+        engine.save_checkpoint(str(staging_root), tag=tag, save_latest=False)
+        write_json_durably(staging / f"rng-rank-{_rank():02d}.json", rng_state())
+        _barrier()
+        target = root / tag
+        if _rank() == 0:
+            files = sorted(p for p in staging.rglob("*") if p.is_file())
+            for path in files:
+                _fsync_file(path)
+            faults.inject(f"checkpoint-files:{tag}")
+            manifest = {str(p.relative_to(staging)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+            write_json_durably(staging / STATE_FILE, {**trainer_state, "tag": tag, "stage_end": stage_end, "files": manifest})
+            if target.exists():  # the same tag written again (a resumed run redoing a step): replace it
+                shutil.rmtree(target)
+            os.rename(staging, target)
+            _fsync_dir(root)
+            if not any(staging_root.iterdir()):
+                staging_root.rmdir()
+            (root / f".{POINTER}.tmp").write_text(tag)
+            os.replace(root / f".{POINTER}.tmp", root / POINTER)
+            _fsync_dir(root)
+            faults.inject(f"checkpoint-done:{tag}")
+            prune(root, keep)
+    except OSError as exc:  # e.g. a full disk: drop the half-written copy, keep every complete checkpoint
+        shutil.rmtree(staging_root, ignore_errors=True)
+        raise TrainingError(f"could not write checkpoint {tag}: {exc.strerror or exc}; the previous checkpoints in {root} "
+                            "are intact; free disk space, then continue with --resume auto") from exc
     _barrier()
     return target
 

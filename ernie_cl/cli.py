@@ -84,6 +84,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help="comma-separated, from sequential, continual, joint, pairwise (default: all four)")
     compare.add_argument("--finetune", action="append", default=[], metavar="TASK",
                          help="also fine-tune every final checkpoint on this GLUE-style task (as for `ernie-cl finetune --task`); repeatable")
+    compare.add_argument("--balancing", metavar="METHODS",
+                         help="comma-separated loss-weighting methods (fixed, uncertainty, dwa, gradnorm, dtp): train every "
+                              "strategy once per method, on every stage, and report them side by side (default: as in the schedule)")
     compare.add_argument("--wandb", choices=["disabled", "offline", "online"], default="offline", help="wandb mode (default offline)")
     compare.add_argument("--cache-dir", help="cache folder (as for train)")
     compare.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
@@ -134,7 +137,8 @@ def _compare(args: argparse.Namespace) -> int:
     if args.seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {args.seeds}")
     strategies = tuple(s.strip() for s in args.strategies.split(",") if s.strip())
-    run_comparison(args.schedule, args.out, seeds=args.seeds, strategies=strategies, finetune_tasks=tuple(args.finetune),
+    balancing = tuple(m.strip() for m in (args.balancing or "").split(",") if m.strip())
+    run_comparison(args.schedule, args.out, seeds=args.seeds, strategies=strategies, finetune_tasks=tuple(args.finetune), balancing=balancing,
                    wandb_mode=args.wandb, cache_dir=args.cache_dir, show_progress=not args.no_progress)
     print(f"ernie-cl: comparison done; see {Path(args.out) / 'report.md'} and {Path(args.out) / 'results.json'}")
     return 0

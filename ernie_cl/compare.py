@@ -106,6 +106,13 @@ def _run_record(run_dir: Path, tasks: list[str], stage_tasks: list[list[str]]) -
     }
 
 
+def _mean_step_time(run_dir: Path) -> float:
+    """Mean optimizer-step time over the run's logged steps (the cost of a balancing method shows here)."""
+    times = [json.loads(line).get("step_time_s") for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    times = [t for t in times if t is not None]
+    return sum(times) / len(times) if times else float("nan")
+
+
 def _finished(run_dir: Path, n_stages: int) -> bool:
     try:
         return len(json.loads((run_dir / "summary.json").read_text())["stages"]) == n_stages
@@ -119,6 +126,7 @@ def run_comparison(
     seeds: int = 1,
     strategies: tuple[str, ...] = STRATEGIES,
     finetune_tasks: tuple[str, ...] = (),
+    balancing: tuple[str, ...] = (),
     wandb_mode: str = "offline",
     cache_dir: Optional[str | Path] = None,
     show_progress: bool = True,
@@ -130,6 +138,10 @@ def run_comparison(
             raise ConfigError(f"unknown strategy '{strategy}'; choose from {', '.join(STRATEGIES)}")
     if not strategies:
         raise ConfigError("--strategies is empty; name at least one of " + ", ".join(STRATEGIES))
+    from .balancing import validate_balancing
+
+    for method in balancing:
+        validate_balancing({"method": method})
     from .downstream import probe_pang_lee
     from .finetune import finetune
     from .report import write_report
@@ -143,21 +155,27 @@ def run_comparison(
     group = f"compare-{out_dir.resolve().name}"
     results: dict[str, Any] = {"schedule": str(schedule_path), "tasks": tasks, "seeds": [base_seed + i for i in range(seeds)],
                                "budgets": budgets, "wandb_group": group, "strategies": {}}
-    for strategy in strategies:
-        entry: dict[str, Any] = {"runs": {}}
+    # with --balancing, every strategy is trained once per loss-weighting method: "sequential+dwa", ...
+    variants = [(s, m) for s in strategies for m in (balancing or (None,))]
+    results["balancing"] = list(balancing) if balancing else "as in the schedule"
+    for strategy, method in variants:
+        variant = f"{strategy}+{method}" if method else strategy
+        entry: dict[str, Any] = {"runs": {}, "strategy": strategy, "balancing": method}
         for seed in results["seeds"]:
             derived = derive_schedule(schedule, strategy, seed, schedule_path.parent)
+            if method:
+                derived["stages"] = [{**s, "balancing": {"method": method}} for s in derived["stages"]]
             stage_tasks = [s["tasks"] for s in derived["stages"]]
-            run_dir = out_dir / "runs" / strategy / f"seed-{seed}"
+            run_dir = out_dir / "runs" / variant / f"seed-{seed}"
             run_dir.mkdir(parents=True, exist_ok=True)
             derived_path = run_dir / "schedule.yaml"
             derived_path.write_text(yaml.safe_dump(derived, sort_keys=False))
             timing_file = run_dir / "compare_run.json"
             timing = json.loads(timing_file.read_text()) if timing_file.is_file() else {"wall_time_s": 0.0}
             if _finished(run_dir, len(stage_tasks)):
-                log(f"ernie-cl compare: {strategy}, seed {seed}: reusing the finished run in {run_dir}")
+                log(f"ernie-cl compare: {variant}, seed {seed}: reusing the finished run in {run_dir}")
             else:
-                log(f"ernie-cl compare: training {strategy}, seed {seed} ({len(stage_tasks)} stages) in {run_dir}")
+                log(f"ernie-cl compare: training {variant}, seed {seed} ({len(stage_tasks)} stages) in {run_dir}")
                 started = time.perf_counter()
                 train(derived_path, run_dir, resume="auto", wandb_mode=wandb_mode, cache_dir=cache_dir,
                       show_progress=show_progress, wandb_group=group)
@@ -167,13 +185,14 @@ def run_comparison(
             final = sorted((run_dir / "checkpoints").glob("stage-*"))[-1]
             state = json.loads((final / "trainer_state.json").read_text())
             record.update(wall_time_s=timing["wall_time_s"], tokens_seen=state["counters"]["tokens_seen"],
+                          mean_step_time_s=_mean_step_time(run_dir),
                           downstream=_downstream(run_dir, final, finetune_tasks, seed, cache_dir, probe_pang_lee, finetune))
             entry["runs"][str(seed)] = record
             steps = [sum(stage.budgets.values()) for stage in allocate_budgets(load_schedule(derived_path))]
             entry["stages"] = [{"name": s["name"], "tasks": s["tasks"], "steps": n} for s, n in zip(derived["stages"], steps)]
             entry["total_steps"] = sum(budgets.values())
         entry["budgets"] = budgets
-        results["strategies"][strategy] = entry
+        results["strategies"][variant] = entry
         _write_json(out_dir / "results.json", results)  # partial results survive an interruption
     write_report(results, out_dir)
     return results

@@ -60,6 +60,8 @@ class TrainingConfig(_Strict):
     # keep_checkpoints are kept, stage-end checkpoints always
     checkpoint_every: int = Field(default=250, ge=0)
     keep_checkpoints: int = Field(default=2, ge=2)
+    # a step whose loss is NaN/inf is skipped (no update) and counted; this many in a row stop the run
+    max_nonfinite_steps: int = Field(default=10, gt=0)
     # co-active knowledge_masking / capitalization / token_document_relation share one forward pass
     fuse_token_tasks: bool = True
     threads: Optional[int] = Field(default=None, gt=0)  # torch threads; default: all cores

@@ -35,3 +35,9 @@ class CheckpointError(ErnieClError):
     """A checkpoint is missing, incomplete or does not match the run."""
 
     exit_code = 2
+
+
+class TrainingError(ErnieClError):
+    """A runtime fault during training (non-finite losses, a full disk); checkpoints stay intact."""
+
+    exit_code = 1

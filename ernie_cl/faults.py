@@ -6,11 +6,13 @@ call here is a dictionary lookup that does nothing. Points the trainer passes:
 - ``step:N``               right after optimizer step N (and its metrics line) is done;
 - ``checkpoint-files:TAG`` while checkpoint TAG is being written: its engine files are on disk,
   its completion marker is not;
-- ``checkpoint-done:TAG``  right after checkpoint TAG is complete and the pointer names it.
+- ``checkpoint-done:TAG``  right after checkpoint TAG is complete and the pointer names it;
+- ``loss:N``               step N's combined loss, before the backward pass (action ``nan`` only).
 
 Actions: ``kill`` (SIGKILL to the own process: no cleanup, no flushing, as in a power cut or the
-OOM killer), ``term`` / ``int`` (SIGTERM / SIGINT to the own process, as from a scheduler or Ctrl-C) and ``enospc`` (an
-``OSError`` "No space left on device", as from a full disk).
+OOM killer), ``term`` / ``int`` (SIGTERM / SIGINT to the own process, as from a scheduler or
+Ctrl-C), ``enospc`` (an ``OSError`` "No space left on device", as from a full disk) and ``nan``
+(the loss becomes NaN, as from an overflow or a bad batch).
 """
 
 from __future__ import annotations

@@ -81,7 +81,7 @@ def _collect(results: dict[str, Any], strategy: dict[str, Any]) -> dict[str, lis
     cols.update({f"{t} final": [] for t in tasks})
     downstream = _downstream(results)
     cols.update({label: [] for label, _ in downstream.values()})
-    cols.update({"wall time (s)": [], "tokens seen": []})
+    cols.update({"wall time (s)": [], "step time (ms)": [], "tokens seen": []})
     for run in _runs(strategy):
         # Recompute from R only when compare.py did not store the metrics block.
         metrics = run.get("metrics") or summarize(run["R"], [s["tasks"] for s in strategy["stages"]], tasks)
@@ -94,12 +94,15 @@ def _collect(results: dict[str, Any], strategy: dict[str, Any]) -> dict[str, lis
             entry = run.get("downstream", {}).get(name, {})
             cols[label].append(entry.get("accuracy", entry.get("value", nan)))
         cols["wall time (s)"].append(run.get("wall_time_s", nan))
+        cols["step time (ms)"].append(1000 * run.get("mean_step_time_s", nan))
         cols["tokens seen"].append(run.get("tokens_seen", nan))
+    if all(math.isnan(v) for v in cols["step time (ms)"]):
+        del cols["step time (ms)"]  # results written before step times were recorded
     return cols
 
 
 def _fmt_for(label: str) -> str:
-    return {"wall time (s)": "{:.1f}", "tokens seen": "{:,.0f}"}.get(label, "{:.3f}")
+    return {"wall time (s)": "{:.1f}", "step time (ms)": "{:.1f}", "tokens seen": "{:,.0f}"}.get(label, "{:.3f}")
 
 
 def _nanmean_rows(rows: list[Any]) -> np.ndarray:

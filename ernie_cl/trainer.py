@@ -24,7 +24,7 @@ from .curriculum import Curriculum, Step
 from .data import ExampleStream, to_device
 from .encoder import ErnieEncoder, build_backbone
 from .engine import create_engine, name_accelerator
-from .errors import CheckpointError
+from .errors import CheckpointError, TrainingError
 from .evaluation import evaluate, trivial_baselines
 from .logging_sinks import MetricsLog, WandbSink, print_eval_table
 from .preparation import default_cache_dir, prepare
@@ -103,6 +103,9 @@ def train(
         _write_summary(run_dir, summary)
 
     def save(tag: str, stage_end: bool) -> Path:
+        if not all(bool(torch.isfinite(p).all()) for p in engine.module.parameters()):
+            raise TrainingError(f"the weights hold NaN or inf at step {curriculum.global_step}; not writing checkpoint {tag}; "
+                                f"the last good checkpoint ({_newest(run_dir)}) is intact; lower training.lr and resume with --resume auto")
         state = {
             "global_step": curriculum.global_step, "curriculum": curriculum.state_dict(),
             "budget_spent": curriculum.budget_spent(),
@@ -117,6 +120,12 @@ def train(
             stage = curriculum.current_stage
             for step in curriculum.stage_steps():
                 record = _train_step(engine, step, streams, tasks, counters, device)
+                if counters.get("nonfinite_in_a_row", 0) >= training.max_nonfinite_steps:
+                    metrics.write(record)
+                    raise TrainingError(
+                        f"the loss was NaN or infinite in {counters['nonfinite_in_a_row']} steps in a row (up to step "
+                        f"{step.global_step}; those steps were skipped); stopping with the last good checkpoint "
+                        f"({_newest(run_dir)}) intact; lower training.lr or check the data, then resume with --resume auto")
                 last_in_stage = step.step_in_stage == stage.steps - 1
                 if step.global_step % training.log_every == 0 or last_in_stage:
                     metrics.write(record)
@@ -174,16 +183,28 @@ def _train_step(engine, step: Step, streams: dict[str, ExampleStream], tasks: di
         accuracy[name] = correct / max(total, 1)
     balancer = engine.module.balancers[step.stage.index]
     shared = engine.module.last_shared_parameters() if balancer.method == "gradnorm" else None
-    loss, weights = balancer.combine({name: out[0] for name, out in outputs.items()}, accuracies=accuracy, shared_params=shared)
-    engine.backward(loss)
-    engine.step()
+    losses = {name: out[0] for name, out in outputs.items()}
+    finite = all(bool(torch.isfinite(value)) for value in losses.values())
+    if finite:
+        loss, weights = balancer.combine(losses, accuracies=accuracy, shared_params=shared)
+        if faults.action_at(f"loss:{step.global_step}") == "nan":
+            loss = loss * float("nan")
+        finite = bool(torch.isfinite(loss))
+    if finite:
+        engine.backward(loss)
+        engine.step()
+        counters["nonfinite_in_a_row"] = 0
+    else:  # skip the update: no backward, no optimizer step; the batch is spent, the weights stay clean
+        loss, weights = sum(losses.values()) * float("nan"), {name: float("nan") for name in losses}
+        counters["nonfinite_steps"] = counters.get("nonfinite_steps", 0) + 1
+        counters["nonfinite_in_a_row"] = counters.get("nonfinite_in_a_row", 0) + 1
     tokens = int(batch["attention_mask"].sum())
     counters["tokens_seen"] += tokens
     elapsed = time.perf_counter() - started
     record: dict[str, Any] = {"step": step.global_step, "stage": step.stage.name, "stage_index": step.stage.index,
                               "task": step.task, "tasks": list(step.tasks),
                               "loss": float(sum(out[0].detach() for out in outputs.values())),  # unweighted: comparable
-                              "weighted_loss": float(loss.detach())}
+                              "weighted_loss": float(loss.detach()), "skipped": not finite}
     for name, (task_loss, _, _) in outputs.items():
         record[f"{name}/loss"] = float(task_loss.detach())
         record[f"{name}/train_accuracy"] = accuracy[name]
@@ -219,6 +240,11 @@ def _check_same_run(state: dict[str, Any], identity: dict[str, Any], where: Path
         raise CheckpointError(f"cannot resume from {where}: the config changed since it was written ({shown}); "
                               "restore it, use a new --run-dir, or pass --allow-config-change to resume anyway")
     print(f"ernie-cl: warning: resuming with a changed config ({shown})")
+
+
+def _newest(run_dir: Path) -> str:
+    latest = ckpt.checkpoints_dir(run_dir) / ckpt.POINTER
+    return str(latest.parent / latest.read_text().strip()) if latest.is_file() else "none written yet"
 
 
 def _write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
