@@ -20,6 +20,10 @@ the held-out examples of every task after every stage (the accuracy matrix R), t
 tasks. Re-invoking with the same ``--out`` reuses finished runs and resumes interrupted ones from
 their checkpoints. ``OUT/results.json`` holds everything; ``OUT/report.md`` and the PNG plots are
 drawn from it (``ernie_cl/report.py``).
+
+``--balancing`` trains every strategy once per loss-weighting method. Balancing acts only on steps
+that train several tasks, which are the fused steps, so shared forward passes then stay as the
+schedule sets them: the methods of one strategy take equal steps, strategies may not.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import yaml
 from .config import ScheduleConfig, load_schedule, resolve_config_file
 from .continual_metrics import summarize
 from .curriculum import allocate_budgets
+from .preparation import plan_stages
 from .errors import ConfigError
 
 STRATEGIES = ("sequential", "continual", "joint", "pairwise")
@@ -64,9 +69,10 @@ def strategy_stages(strategy: str, tasks: list[str], sequential: list[list[str]]
     raise ConfigError(f"unknown strategy '{strategy}'; choose from {', '.join(STRATEGIES)}")
 
 
-def derive_schedule(schedule: ScheduleConfig, strategy: str, seed: int, base_dir: Path) -> dict[str, Any]:
+def derive_schedule(schedule: ScheduleConfig, strategy: str, seed: int, base_dir: Path, fuse: bool = False) -> dict[str, Any]:
     """The strategy's schedule as a plain dict (to be written as YAML), with the same per-task
-    budgets, fusion off, the given seed, and config paths made absolute."""
+    budgets, the given seed, config paths made absolute, and shared forward passes off (or as the
+    schedule sets them, with ``fuse``)."""
     budgets = task_budgets(schedule)
     tasks = list(budgets)
     stages = strategy_stages(strategy, tasks, [s.task_names for s in schedule.stages])
@@ -76,7 +82,7 @@ def derive_schedule(schedule: ScheduleConfig, strategy: str, seed: int, base_dir
     data["deepspeed"] = str(resolve_config_file(schedule.deepspeed, "deepspeed", ".json", base_dir).resolve())
     if data["corpus"].get("path"):
         data["corpus"]["path"] = str(Path(data["corpus"]["path"]).resolve())
-    data["training"]["fuse_token_tasks"] = False
+    data["training"]["fuse_token_tasks"] = bool(fuse and schedule.training.fuse_token_tasks)
     data["tasks"] = {t: {**data["tasks"].get(t, {}), "iterations": budgets[t]} for t in tasks}
     names = [f"{i + 1:02d}-{'+'.join(s)}" if strategy != "sequential" else schedule.stages[i].name
              for i, s in enumerate(stages)]
@@ -162,7 +168,9 @@ def run_comparison(
         variant = f"{strategy}+{method}" if method else strategy
         entry: dict[str, Any] = {"runs": {}, "strategy": strategy, "balancing": method}
         for seed in results["seeds"]:
-            derived = derive_schedule(schedule, strategy, seed, schedule_path.parent)
+            # Balancing only acts on steps that train several tasks, i.e. fused steps: with --balancing
+            # sharing stays as the schedule sets it (the methods of one strategy still take equal steps).
+            derived = derive_schedule(schedule, strategy, seed, schedule_path.parent, fuse=bool(balancing))
             if method:
                 derived["stages"] = [{**s, "balancing": {"method": method}} for s in derived["stages"]]
             stage_tasks = [s["tasks"] for s in derived["stages"]]
@@ -188,9 +196,9 @@ def run_comparison(
                           mean_step_time_s=_mean_step_time(run_dir),
                           downstream=_downstream(run_dir, final, finetune_tasks, seed, cache_dir, probe_pang_lee, finetune))
             entry["runs"][str(seed)] = record
-            steps = [sum(stage.budgets.values()) for stage in allocate_budgets(load_schedule(derived_path))]
+            steps = [stage.steps for stage in plan_stages(load_schedule(derived_path))]
             entry["stages"] = [{"name": s["name"], "tasks": s["tasks"], "steps": n} for s, n in zip(derived["stages"], steps)]
-            entry["total_steps"] = sum(budgets.values())
+            entry["total_steps"] = sum(stage["steps"] for stage in entry["stages"])
         entry["budgets"] = budgets
         results["strategies"][variant] = entry
         _write_json(out_dir / "results.json", results)  # partial results survive an interruption
