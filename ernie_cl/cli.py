@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import NoReturn, Optional, Sequence
 
 from .errors import ConfigError, ErnieClError
 
@@ -30,8 +30,15 @@ Typical use:
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors in one line with exit code 2, like every other error of the command."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"ernie-cl: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ernie-cl", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(prog="ernie-cl", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -54,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="resume even though the schedule or model config differs from the checkpoint's "
                             "(the differences are printed; shapes that no longer fit still fail)")
     train.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    train.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
 
     tasks = sub.add_parser("tasks", help="list the registered pre-training tasks, or show one task's examples",
                            description="Without NAME: the registered task names, one a line. With NAME and "
@@ -65,8 +73,14 @@ def build_parser() -> argparse.ArgumentParser:
     tasks.add_argument("--schedule", default=str(DEFAULT_SCHEDULE), help="schedule whose corpus and settings to use (default: demo)")
     tasks.add_argument("--cache-dir", help="cache folder (as for train)")
 
-    validate = sub.add_parser("validate", help="check a schedule file and the configs it names, then stop")
+    validate = sub.add_parser("validate", help="check a schedule file and the configs it names, then stop",
+                              description="Check the schedule (keys, types, budgets, stages, task names and options, "
+                                          "balancing), the model and DeepSpeed configs it names, that the model fits "
+                                          "(hidden size vs heads, seq_len vs position table) and that the corpus path "
+                                          "exists; print the per-stage budgets. Reads no corpus and builds no model. "
+                                          "Exit code 0 when valid, 2 with a one-line error otherwise.")
     validate.add_argument("schedule", help="schedule YAML file")
+    validate.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
 
     compare = sub.add_parser(
         "compare", help="train the sequential schedule and its continual / joint / pairwise baselines, then report",
@@ -116,10 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
+    from .run_checks import check_run
+    from .stopping import StopRequested
     from .trainer import train
 
-    from .stopping import StopRequested
-
+    check_run(args.schedule)  # every configuration error before the corpus, tokenizer and model are built
     try:
         summary = train(args.schedule, args.run_dir, resume=args.resume, wandb_mode=args.wandb,
                         cache_dir=args.cache_dir, show_progress=not args.no_progress,
@@ -174,13 +189,10 @@ def _tasks(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from .config import load_deepspeed_config, load_model_config, load_schedule
+    from .run_checks import check_run
     from .preparation import plan_stages
 
-    schedule = load_schedule(args.schedule)
-    base = Path(args.schedule).parent
-    load_model_config(schedule.model, base)
-    load_deepspeed_config(schedule.deepspeed, base)
+    schedule = check_run(args.schedule).schedule  # reads small files only: no corpus, tokenizer or model
     stages = plan_stages(schedule)
     print(f"{args.schedule}: valid; {len(stages)} stage(s), {sum(s.steps for s in stages)} optimizer steps")
     for stage in stages:

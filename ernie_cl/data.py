@@ -20,6 +20,8 @@ import os
 import random
 import shutil
 import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -27,7 +29,7 @@ import numpy as np
 import torch
 
 from ernie_cl.corpus.document import Document
-from ernie_cl.errors import CorpusError
+from ernie_cl.errors import CorpusError, DataBuildError, ErnieClError
 
 INPUT_COLUMNS = ("input_ids", "token_type_ids")
 IGNORE = -100
@@ -72,8 +74,30 @@ def _build_forked_shard(bounds: tuple[int, int]) -> dict[str, list[list[int]]]:
 def build_examples(task, documents: Sequence[Document], seed: int, workers: int = 1) -> dict[str, list[list[int]]]:
     """Fit the task on the split, then run its generator over every document with a per-document
     seeded RNG. With ``workers > 1`` document shards are built in forked processes; the result is
-    identical to a serial build (same RNG per document, shards concatenated in order)."""
-    task.fit(documents)
+    identical to a serial build (same RNG per document, shards concatenated in order).
+
+    Any failure, in a worker or not, surfaces as one ErnieClError naming the task (the original
+    exception is its ``__cause__``, shown with ``--debug``); a worker that dies (e.g. killed for
+    lack of memory) is a DataBuildError instead of a run that hangs."""
+    try:
+        task.fit(documents)
+        return _build_all(task, documents, seed, workers)
+    except BrokenProcessPool:
+        raise DataBuildError(f"task '{task.name}': a data worker process died while building examples from "
+                             f"{len(documents)} document(s) (killed by the system, often for lack of memory); set "
+                             "training.data_workers lower (e.g. 1) or free memory, then run again") from None
+    except ErnieClError as exc:
+        if f"'{task.name}'" in str(exc) or str(exc).startswith(task.name):
+            raise
+        raise type(exc)(f"task '{task.name}': {exc}") from exc
+    except Exception as exc:  # noqa: BLE001 - a task bug or a worker fault, reported as one line naming the task
+        lines = str(exc).strip().splitlines()
+        detail = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+        raise DataBuildError(f"task '{task.name}': building examples failed ({detail}); run with --debug for "
+                             "the traceback") from exc
+
+
+def _build_all(task, documents: Sequence[Document], seed: int, workers: int) -> dict[str, list[list[int]]]:
     can_fork = "fork" in multiprocessing.get_all_start_methods()
     if workers <= 1 or len(documents) < 2 * workers or not can_fork:
         return _build_shard(task, documents, seed)
@@ -82,8 +106,10 @@ def build_examples(task, documents: Sequence[Document], seed: int, workers: int 
     _FORKED.update(task=task, documents=documents, seed=seed)
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the Rust pool must not be used across a fork
     try:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            parts = pool.map(_build_forked_shard, list(zip(edges[:-1], edges[1:])))
+        # an executor, not multiprocessing.Pool: a worker that dies breaks the pool (an error here)
+        # where Pool would wait for its result forever
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+            parts = list(pool.map(_build_forked_shard, list(zip(edges[:-1], edges[1:]))))
     finally:
         _FORKED.clear()
     return {c: [row for part in parts for row in part[c]] for c in columns_of(task)}

@@ -41,3 +41,10 @@ class TrainingError(ErnieClError):
     """A runtime fault during training (non-finite losses, a full disk); checkpoints stay intact."""
 
     exit_code = 1
+
+
+class DataBuildError(ErnieClError):
+    """Building a task's examples failed at runtime: an error inside the task's code, or a data
+    worker process that died (often killed by the system for lack of memory)."""
+
+    exit_code = 1

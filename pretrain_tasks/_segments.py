@@ -9,6 +9,7 @@ none disappears. The module name starts with ``_`` so registry discovery skips i
 
 from __future__ import annotations
 
+import logging
 from typing import Sequence
 
 from torch import nn
@@ -16,6 +17,8 @@ from torch import nn
 from ernie_cl.tokenizer import TextTokenizer
 
 from .base import PretrainTask
+
+logger = logging.getLogger("pretrain_tasks")
 
 
 def fit_segments(segments: list[list[int]], budget: int) -> list[list[int]]:
@@ -58,6 +61,15 @@ class SentenceTask(PretrainTask):
     """Base of sentence-level tasks: the [CLS] head and a readable example rendering."""
 
     level = "sentence"
+    #: documents of the last split seen by ``fit`` that give no example (too few sentences)
+    skipped_documents: int = 0
+
+    def report_skipped(self, skipped: int, total: int, reason: str) -> None:
+        """Count, and log once per split, the documents this task cannot use (one-sentence documents...)."""
+        self.skipped_documents = skipped
+        if skipped:
+            logger.warning("%s: %d of %d document(s) in this split %s and give no examples",
+                           self.name, skipped, total, reason)
 
     def make_head(self, hidden_size: int, input_embeddings: nn.Embedding) -> nn.Module:
         # BERT's pooler (dense + tanh) then a classifier, owned by the task.

@@ -27,7 +27,8 @@ the start of a paragraph relates it to the whole previous paragraph, not to one 
    head is built before any example and the train and held-out splits must agree on ids.
    ``fit`` sees one split at a time, so the counts (and drops) are per split: a small held-out
    split keeps fewer labels than train. A split with no marker pair at all, or none reaching
-   ``min_count``, raises CorpusError.
+   ``min_count``, raises CorpusError. Documents without a paragraph of two sentences (one-sentence
+   documents) give no pair: ``fit`` logs how many and keeps the count in ``skipped_documents``.
 """
 
 from __future__ import annotations
@@ -171,16 +172,21 @@ class DiscourseRelation(SentenceTask):
     def fit(self, documents: Sequence[Document]) -> None:
         counts = [0] * self.num_labels
         candidates = 0
+        pairless = 0  # documents without a paragraph of two sentences: no pair, no example
         for doc in documents:
+            pairless += not any(len(p) >= 2 for p in doc.paragraphs())
             for _, _, label in self.pairs(doc):
                 if label is None:
                     candidates += 1
                 else:
                     counts[label] += 1
         where = f"in the {len(documents)} document(s) of this split"
+        if pairless:
+            where += f" ({pairless} of them without a paragraph of two sentences)"
         if not any(counts):
             raise CorpusError(f"task 'discourse_relation' found no adjacent sentence pair whose second sentence begins "
                               f"with a discourse marker ('However,', 'As a result,', ...) {where}; use a larger corpus of running text")
+        self.report_skipped(pairless, len(documents), "have no paragraph of two or more sentences")
         min_count = self.options["min_count"]
         self.label_counts = {self.label_names[i]: n for i, n in enumerate(counts) if n}
         self._kept = {i for i, n in enumerate(counts) if n >= min_count}

@@ -16,8 +16,9 @@ expectation.
   split's OTHER documents.
 
 Documents with fewer than 3 sentences give no example (they cannot offer class 1); their sentences
-still serve as class-2 partners. ``fit`` builds that pool of sentences and needs at least two
-documents with text, one of them with 3 or more sentences.
+still serve as class-2 partners; ``fit`` counts these documents (``skipped_documents``) and logs the
+count once per split. ``fit`` builds that pool of sentences and needs at least two documents with
+text, one of them with 3 or more sentences.
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ class SentenceDistance(SentenceTask):
                 f"this split has {len(self._ranges)} document(s) with text, {long_docs} with 3+ sentences: "
                 "use a larger corpus (or a larger eval_fraction for the held-out split)"
             )
+        self.report_skipped(len(documents) - long_docs, len(documents),
+                            "have fewer than 3 sentences (their sentences still serve as different-document partners)")
 
     def other_document_sentence(self, doc_id: str, rng: random.Random) -> str:
         start, end = self._ranges.get(doc_id, (0, 0))

@@ -9,6 +9,7 @@ it needs no cache of its own and never changes when the corpus is re-parsed.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import closing
@@ -19,10 +20,11 @@ from typing import Any
 from ernie_cl.corpus import cache, readers, wiki
 from ernie_cl.corpus import phrases as span_sources
 from ernie_cl.corpus.document import Document
-from ernie_cl.corpus.sentences import RawDocument, build_document
+from ernie_cl.corpus.sentences import MAX_SENTENCE_CHARS, RawDocument, build_document
 from ernie_cl.errors import CorpusError
 
 SOURCES = ("bundled", "wiki", "txt", "jsonl", "hf", "lines")
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -74,7 +76,16 @@ def _existing(path: str | Path | None, source: str, kind: str) -> Path:
 
 def _open_source(source: str, path: str | Path | None, split: str, text_field: str,
                  title_field: str) -> tuple[str, Any]:
-    """(content hash, reader(stats) -> RawDocuments) for one source; validates the path first."""
+    """(content hash, reader(stats) -> RawDocuments) for one source; validates the path first.
+    Hashing reads every source file, so an unreadable one is reported here, before any parsing."""
+    try:
+        return _open_readable_source(source, path, split, text_field, title_field)
+    except OSError as err:  # permission denied, an I/O error, a folder where a file should be
+        raise readers.unreadable(Path(err.filename or str(path)), err) from None
+
+
+def _open_readable_source(source: str, path: str | Path | None, split: str, text_field: str,
+                          title_field: str) -> tuple[str, Any]:
     if source == "bundled":
         if path is not None:
             raise CorpusError(f"source 'bundled' takes no path (got '{path}'); drop the path, or pick "
@@ -143,7 +154,7 @@ def _parse(read: Any, stats: Counter, *, max_documents: int | None, use_phrases:
             if raw.id in seen:
                 raise CorpusError(f"duplicate document id '{raw.id}' in the corpus; ids must be unique")
             seen.add(raw.id)
-            document = build_document(raw)
+            document = build_document(raw, stats=stats)
             bar.update(1)
             if document.num_sentences() == 0:
                 stats["empty_documents_dropped"] += 1
@@ -171,6 +182,21 @@ def _counts(documents: list[Document]) -> dict[str, int]:
         "entities": sum(len(s.entities) for s in sentences),
         "phrases": sum(len(s.phrases) for s in sentences),
     }
+
+
+def _report_repairs(where: str, stats: dict[str, int]) -> None:
+    """One log line with what the corpus needed repaired or skipped (the counts are also in stats)."""
+    parts = []
+    if stats["invalid_utf8_replaced"]:
+        parts.append(f"{stats['invalid_utf8_replaced']} invalid UTF-8 sequence(s) replaced by U+FFFD in "
+                     f"{stats.get('invalid_utf8_documents', 0)} document(s)")
+    if stats["empty_documents_dropped"]:
+        parts.append(f"{stats['empty_documents_dropped']} empty document(s) skipped")
+    if stats["long_sentences_cut"]:
+        parts.append(f"{stats['long_sentences_cut']} sentence(s) longer than {MAX_SENTENCE_CHARS} characters "
+                     "cut at spaces")
+    if parts:
+        logger.warning("corpus %s: %s", where, "; ".join(parts))
 
 
 def load_corpus(source: str = "bundled", path: str | Path | None = None, *, cache_dir: str | Path,
@@ -206,9 +232,10 @@ def load_corpus(source: str = "bundled", path: str | Path | None = None, *, cach
         reader_stats = dict(stats)
         cache.save_documents(target, documents, reader_stats)
     train, heldout = split_heldout(documents, eval_fraction)
-    base = {"redirects_dropped": 0, "invalid_utf8_replaced": 0, "empty_documents_dropped": 0}
+    base = {"redirects_dropped": 0, "invalid_utf8_replaced": 0, "empty_documents_dropped": 0, "long_sentences_cut": 0}
     stats_out = {**base, **dict(sorted(reader_stats.items())), **_counts(documents),
                  "train_documents": len(train), "heldout_documents": len(heldout)}
+    _report_repairs(f"'{path}'" if path is not None else f"source '{source}'", stats_out)
     return Corpus(
         documents=documents, train=train, heldout=heldout,
         fingerprint=cache.hash_values(parse=key, eval_fraction=eval_fraction),

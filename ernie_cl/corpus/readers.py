@@ -50,6 +50,26 @@ def decode(raw: bytes, stats: Counter) -> str:
         return text
 
 
+def read_bytes(path: Path) -> bytes:
+    """A corpus file's bytes; an unreadable file is a CorpusError naming it, not a traceback."""
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise unreadable(path, err) from None
+
+
+def open_binary(path: Path) -> Any:
+    try:
+        return open(path, "rb")
+    except OSError as err:
+        raise unreadable(path, err) from None
+
+
+def unreadable(path: Path, err: OSError) -> CorpusError:
+    fix = "fix its permissions (e.g. chmod a+r)" if isinstance(err, PermissionError) else "check the file"
+    return CorpusError(f"corpus file '{path}' cannot be read ({err.strerror or err}); {fix} or remove it from the corpus")
+
+
 def flat_document(doc_id: str, title: str, text: str, entities: list[Span] | None = None) -> RawDocument:
     return RawDocument(doc_id, title, [RawSection("", text, entities or [])])
 
@@ -59,13 +79,13 @@ def read_txt_folder(folder: Path, stats: Counter) -> Iterator[RawDocument]:
     for path in sorted(folder.rglob("*.txt")):
         if not path.is_file():
             continue
-        text = decode(path.read_bytes(), stats).lstrip("\ufeff")
+        text = decode(read_bytes(path), stats).lstrip("\ufeff")
         yield flat_document(path.relative_to(folder).as_posix(), path.stem, text)
 
 
 def read_lines_file(path: Path, stats: Counter) -> Iterator[RawDocument]:
     """One document per non-blank line (the Lee .cor format): id ``<stem>:<line number, 4 digits>``."""
-    with open(path, "rb") as stream:
+    with open_binary(path) as stream:
         for number, raw in enumerate(stream, start=1):
             text = decode(raw, stats).strip()
             if text:
@@ -93,7 +113,7 @@ def _entity_spans(value: Any, text: str, where: str) -> list[Span]:
 def read_jsonl(path: Path, stats: Counter, text_field: str, title_field: str) -> Iterator[RawDocument]:
     """One document per JSON object line: ``text_field`` (required), ``title_field``, ``id``, ``entities``."""
     seen: set[str] = set()
-    with open(path, "rb") as stream:
+    with open_binary(path) as stream:
         for number, raw in enumerate(stream, start=1):
             line = decode(raw, stats).strip().lstrip("\ufeff")
             if not line:

@@ -5,12 +5,21 @@ lines, with entity spans as character offsets into that text. This module is the
 splits text, so every source gets the same paragraph, whitespace and sentence rules, and spans
 are re-mapped (never re-searched) through each step. A span that crosses a paragraph or sentence
 boundary is dropped, because a task could not use it inside one sentence anyway.
+
+Long sentences: text without sentence punctuation (a log dump, a table flattened into one line, a
+50 MB line) would otherwise become one huge "sentence" that every task tokenizes in full and then
+truncates to ``seq_len`` tokens. A sentence longer than ``MAX_SENTENCE_CHARS`` (5,000 characters,
+about 1,000 tokens: twice the largest position table shipped in configs/model) is therefore cut at
+spaces into pieces of at most that length (at the limit itself when a piece has no space), counted
+as ``long_sentences_cut`` in the corpus stats. Spans crossing a cut are dropped like any span that
+crosses a sentence boundary. The splitter itself is linear: a 50 MB line takes about 6 s to split.
 """
 
 from __future__ import annotations
 
 import bisect
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 
 import sentencex
@@ -20,6 +29,7 @@ from ernie_cl.corpus.document import Document, Section, Sentence, Span
 _PARAGRAPH_BREAK = re.compile(r"\n[^\S\n]*\n\s*")
 _NON_SPACE = re.compile(r"\S+")
 _HAS_WORD = re.compile(r"[^\W_]")
+MAX_SENTENCE_CHARS = 5_000
 
 
 @dataclass
@@ -101,7 +111,39 @@ def split_paragraphs(text: str, spans: list[Span]) -> list[tuple[str, list[Span]
     return paragraphs
 
 
-def split_sentences(paragraph: str, spans: list[Span], language: str = "en") -> list[Sentence]:
+def cut_long(text: str, limit: int = MAX_SENTENCE_CHARS) -> list[Span]:
+    """[start, end) pieces of ``text`` of at most ``limit`` characters, cut at the last space before
+    the limit (the space itself is dropped), or at the limit when there is no space to cut at."""
+    pieces, start = [], 0
+    while len(text) - start > limit:
+        cut = text.rfind(" ", start + 1, start + limit + 1)
+        if cut <= start:
+            pieces.append((start, start + limit))
+            start += limit
+        else:
+            pieces.append((start, cut))
+            start = cut + 1
+    pieces.append((start, len(text)))
+    return pieces
+
+
+def _pieces(text: str, spans: list[Span], stats: Counter | None) -> list[tuple[str, list[Span]]]:
+    """A sentence, or the pieces of a sentence longer than MAX_SENTENCE_CHARS, with their spans."""
+    if len(text) <= MAX_SENTENCE_CHARS:
+        return [(text, spans)]
+    if stats is not None:
+        stats["long_sentences_cut"] += 1
+    spans = sorted(spans)
+    starts = [a for a, _ in spans]
+    out = []
+    for a, b in cut_long(text):
+        first, last = bisect.bisect_left(starts, a), bisect.bisect_left(starts, b)
+        out.append((text[a:b], [(x - a, y - a) for x, y in spans[first:last] if y <= b]))
+    return out
+
+
+def split_sentences(paragraph: str, spans: list[Span], language: str = "en",
+                    stats: Counter | None = None) -> list[Sentence]:
     """Sentences of one collapsed paragraph, each stripped, with spans re-mapped into it.
 
     sentencex keeps trailing whitespace so its pieces usually concatenate back to the input, but
@@ -119,8 +161,9 @@ def split_sentences(paragraph: str, spans: list[Span], language: str = "en") -> 
         if start >= 0:  # else sentencex altered the text: keep its piece, lose its spans
             cursor = start + len(stripped)
             own_spans = _inside(spans, start, cursor)
-        if _HAS_WORD.search(stripped):
-            sentences.append(Sentence(text=stripped, entities=own_spans))
+        for text, text_spans in _pieces(stripped, own_spans, stats):
+            if _HAS_WORD.search(text):
+                sentences.append(Sentence(text=text, entities=text_spans))
     return sentences
 
 
@@ -140,13 +183,14 @@ def _keep_sections(raw: list[RawSection], sentence_counts: list[int]) -> list[bo
     return keep
 
 
-def build_document(raw: RawDocument, language: str = "en") -> Document:
-    """Split a RawDocument into a Document; the result has no sentences if the text was empty."""
+def build_document(raw: RawDocument, language: str = "en", stats: Counter | None = None) -> Document:
+    """Split a RawDocument into a Document; the result has no sentences if the text was empty.
+    ``stats`` counts ``long_sentences_cut``."""
     built: list[Section] = []
     for section in raw.sections:
         paragraphs = []
         for para, spans in split_paragraphs(section.text, section.entities):
-            sentences = split_sentences(para, spans, language)
+            sentences = split_sentences(para, spans, language, stats)
             if sentences:
                 paragraphs.append(sentences)
         built.append(Section(heading=section.heading, paragraphs=paragraphs))
