@@ -48,10 +48,16 @@ def init_distributed() -> None:
 
     if dist.is_available() and dist.is_initialized():
         return
-    for key, value in (("RANK", "0"), ("LOCAL_RANK", "0"), ("WORLD_SIZE", "1"), ("MASTER_ADDR", "127.0.0.1")):
-        os.environ.setdefault(key, value)
-    os.environ.setdefault("MASTER_PORT", str(_free_port()))
-    deepspeed.init_distributed(verbose=False)
+    defaults = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port())}
+    added = [key for key in defaults if key not in os.environ]
+    os.environ.update({key: defaults[key] for key in added})
+    try:
+        deepspeed.init_distributed(verbose=False)
+    finally:
+        # Only the rendezvous reads the port: a process started from this one (another run) must
+        # not inherit a port this process now holds. DeepSpeed reads the ranks again later.
+        if "MASTER_PORT" in added:
+            os.environ.pop("MASTER_PORT", None)
 
 
 def lr_lambda(warmup_steps: int, total_steps: int, min_ratio: float):
