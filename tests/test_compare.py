@@ -110,9 +110,12 @@ def test_a_small_comparison_writes_results_report_and_plots_and_reuses_its_runs(
     }
     path = tmp_path / "cmp.yaml"
     path.write_text(yaml.safe_dump(schedule))
+    task_file = tmp_path / "sentiment.tsv"  # a GLUE-style task that compare fine-tunes every final checkpoint on
+    rows = [("a good and fine film", 1), ("a bad and dull film", 0)] * 10
+    task_file.write_text("sentence\tlabel\n" + "".join(f"{text}\t{label}\n" for text, label in rows))
     out, logs = tmp_path / "out", []
-    results = run_comparison(path, out, seeds=2, strategies=("sequential", "joint"), wandb_mode="offline",
-                             cache_dir=tmp_path / "cache", show_progress=False, log=logs.append)
+    results = run_comparison(path, out, seeds=2, strategies=("sequential", "joint"), finetune_tasks=(str(task_file),),
+                             wandb_mode="offline", cache_dir=tmp_path / "cache", show_progress=False, log=logs.append)
     assert results["seeds"] == [1, 2] and set(results["strategies"]) == {"sequential", "joint"}
     for name, n_stages in (("sequential", 2), ("joint", 1)):
         entry = results["strategies"][name]
@@ -122,6 +125,8 @@ def test_a_small_comparison_writes_results_report_and_plots_and_reuses_its_runs(
             assert len(run["R"]) == n_stages and all(len(row) == 2 for row in run["R"])
             assert 0.0 <= run["downstream"]["pang_lee_probe"]["accuracy"] <= 1.0
             assert run["downstream"]["pang_lee_probe"]["n"] == 200
+            assert run["downstream"][str(task_file)]["metric_name"] == "accuracy"
+            assert 0.0 <= run["downstream"][str(task_file)]["value"] <= 1.0
             assert run["tokens_seen"] > 0 and run["wall_time_s"] > 0 and run["loss_curve"]
             metrics = [json.loads(line) for line in (Path(run["run_dir"]) / "metrics.jsonl").read_text().splitlines()]
             assert len(metrics) == 10 and all(len(m["tasks"]) == 1 for m in metrics)  # no fused steps
@@ -130,14 +135,14 @@ def test_a_small_comparison_writes_results_report_and_plots_and_reuses_its_runs(
     assert seq["1"]["loss_curve"] != seq["2"]["loss_curve"]
     assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
     report = (out / "report.md").read_text()
-    assert "sequential" in report and "joint" in report and "±" in report
+    assert "sequential" in report and "joint" in report and "±" in report and "accuracy" in report
     assert (out / "heatmap_sequential.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # one wandb group holds every run of the comparison
     run_files = list(out.glob("runs/*/*/wandb/offline-run-*/run-*.wandb"))
     assert len(run_files) == 4 and all(results["wandb_group"].encode() in f.read_bytes() for f in run_files)
     # re-invoking reuses every finished run instead of training again
     logs.clear()
-    again = run_comparison(path, out, seeds=2, strategies=("sequential", "joint"), wandb_mode="offline",
+    again = run_comparison(path, out, seeds=2, strategies=("sequential", "joint"), finetune_tasks=(str(task_file),), wandb_mode="offline",
                            cache_dir=tmp_path / "cache", show_progress=False, log=logs.append)
     assert sum("reusing" in line for line in logs) == 4 and not any("training" in line for line in logs)
     assert again["strategies"]["sequential"]["runs"]["1"]["R"] == seq["1"]["R"]
