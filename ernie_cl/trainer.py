@@ -8,6 +8,7 @@ is rewritten. Every step goes to ``metrics.jsonl``, the progress bar and wandb.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -186,7 +187,8 @@ def _train_step(engine, step: Step, streams: dict[str, ExampleStream], tasks: di
     losses = {name: out[0] for name, out in outputs.items()}
     finite = all(bool(torch.isfinite(value)) for value in losses.values())
     if finite:
-        loss, weights = balancer.combine(losses, accuracies=accuracy, shared_params=shared)
+        with _engine_allows_autograd(engine, enabled=shared is not None):
+            loss, weights = balancer.combine(losses, accuracies=accuracy, shared_params=shared)
         if faults.action_at(f"loss:{step.global_step}") == "nan":
             loss = loss * float("nan")
         finite = bool(torch.isfinite(loss))
@@ -211,6 +213,23 @@ def _train_step(engine, step: Step, streams: dict[str, ExampleStream], tasks: di
         record[f"{name}/weight"] = weights[name]
     record.update(lr=engine.get_lr()[0], tokens_per_s=tokens / elapsed, step_time_s=elapsed, tokens_seen=counters["tokens_seen"])
     return record
+
+
+@contextlib.contextmanager
+def _engine_allows_autograd(engine, enabled: bool):
+    """GradNorm's torch.autograd.grad runs through the forward graph, whose DeepSpeed hooks refuse any
+    backward pass outside engine.backward (ZeRO-0); the engine's own flag for "inside engine.backward"
+    is raised for that call only. No .grad is written, so the engine's step is unaffected. Checked on
+    ZeRO-0 (tests/test_balancing_training.py); other ZeRO stages are not tested with GradNorm."""
+    if not enabled or not hasattr(engine, "_running_engine_backward"):
+        yield
+        return
+    previous = engine._running_engine_backward
+    engine._running_engine_backward = True
+    try:
+        yield
+    finally:
+        engine._running_engine_backward = previous
 
 
 # Settings that change how a run reports or paces itself, not what it computes: a resume may change them.
