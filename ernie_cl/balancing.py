@@ -50,7 +50,6 @@ Decisions:
 
 from __future__ import annotations
 
-import difflib
 import json
 import math
 from dataclasses import dataclass
@@ -59,6 +58,7 @@ from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from .config_messages import _hint
 from .errors import ConfigError
 
 Losses = Mapping[str, Tensor]
@@ -95,11 +95,6 @@ def register(cls: type[Balancer]) -> type[Balancer]:
         raise TypeError(f"{cls.__name__}: needs a class attribute 'method' naming a method not yet registered")
     _REGISTRY[cls.method] = cls
     return cls
-
-
-def _hint(word: Any, known: Sequence[str]) -> str:
-    close = difflib.get_close_matches(str(word), list(known), n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def _lookup(method: Any) -> type[Balancer]:

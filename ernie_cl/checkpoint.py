@@ -194,25 +194,23 @@ def problem_with(checkpoint: Path) -> Optional[str]:
     return None
 
 
+def _checkpoint_folders(root: Path) -> list[tuple[Path, Optional[dict[str, Any]]]]:
+    """Every checkpoint folder (staging excluded) with its trainer state, None when unreadable."""
+    if not root.is_dir():
+        return []
+    return [(path, read_state(path)) for path in sorted(root.iterdir()) if path.is_dir() and not path.name.startswith(".")]
+
+
 def _complete_checkpoints(root: Path) -> list[tuple[Path, dict[str, Any]]]:
-    found = []
-    for path in sorted(root.iterdir()) if root.is_dir() else []:
-        if path.is_dir() and not path.name.startswith("."):
-            state = read_state(path)
-            if state is not None:
-                found.append((path, state))
-    return found
+    return [(path, state) for path, state in _checkpoint_folders(root) if state is not None]
 
 
 def find_latest(run_dir: Path, warn: Callable[[str], None] = print) -> Optional[Path]:
     """The intact checkpoint with the highest recorded step (None when there is none); each newer
     checkpoint that had to be skipped is named in a warning."""
     root = checkpoints_dir(run_dir)
-    candidates = []
-    for path in sorted(root.iterdir()) if root.is_dir() else []:
-        if path.is_dir() and not path.name.startswith("."):
-            state = read_state(path)
-            candidates.append((state["global_step"] if state else float("inf"), path.name, path))
+    # a folder without a readable marker sorts as newest, so that it is named in a warning
+    candidates = [(state["global_step"] if state else float("inf"), path.name, path) for path, state in _checkpoint_folders(root)]
     for _, _, path in sorted(candidates, reverse=True):
         problem = problem_with(path)
         if problem is None:

@@ -35,6 +35,7 @@ from typing import Any, Callable, Optional
 
 import yaml
 
+from .checkpoint import write_json_durably
 from .config import ScheduleConfig, load_schedule, resolve_config_file
 from .continual_metrics import summarize
 from .curriculum import allocate_budgets
@@ -201,7 +202,7 @@ def run_comparison(
             entry["total_steps"] = sum(stage["steps"] for stage in entry["stages"])
         entry["budgets"] = budgets
         results["strategies"][variant] = entry
-        _write_json(out_dir / "results.json", results)  # partial results survive an interruption
+        write_json_durably(out_dir / "results.json", results)  # partial results survive an interruption
     write_report(results, out_dir)
     return results
 
@@ -215,11 +216,5 @@ def _downstream(run_dir: Path, checkpoint: Path, finetune_tasks: tuple[str, ...]
     for spec in finetune_tasks:
         if spec not in scores:
             scores[spec] = finetune(checkpoint, spec, seed=seed, cache_dir=cache_dir)
-    _write_json(cache_file, scores)
+    write_json_durably(cache_file, scores)
     return scores
-
-
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
