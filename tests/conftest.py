@@ -109,3 +109,11 @@ def many_documents() -> list[Document]:
     """120 generated documents (about 27k tokens at seq_len 64) for masking statistics."""
     rng = random.Random(2)
     return [random_document(rng, f"d{i}", paragraphs=4, sentences=5) for i in range(120)]
+
+
+def wandb_run_ids(run_dir) -> set[str]:
+    """The wandb run ids under a run folder, read from the run files (run-<id>.wandb).
+
+    The folder name is not parsed: wandb appends "-1" to it when two runs start in the same second.
+    """
+    return {p.stem.removeprefix("run-") for p in (run_dir / "wandb").glob("offline-run-*/run-*.wandb")}

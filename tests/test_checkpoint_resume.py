@@ -24,6 +24,8 @@ import pytest
 import torch
 import yaml
 
+from conftest import wandb_run_ids
+
 ROOT = Path(__file__).resolve().parent.parent
 MICRO_MODEL = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
                "intermediate_size": 64, "max_position_embeddings": 128}
@@ -110,8 +112,7 @@ def test_sigkill_then_resume_auto_matches_the_uninterrupted_run(setup, tmp_path,
     assert_same_as_uninterrupted(setup, run_dir)
     assert not (run_dir / "checkpoints" / ".staging").exists()
     # the resumed run continued the same wandb run
-    ids = {p.name.rsplit("-", 1)[-1] for p in (run_dir / "wandb").glob("offline-run-*")}
-    assert len(ids) == 1
+    assert len(wandb_run_ids(run_dir)) == 1
 
 
 def test_negative_control_a_resume_that_skips_the_data_position_is_detected(setup, tmp_path):

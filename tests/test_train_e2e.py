@@ -14,6 +14,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import wandb_run_ids
 from ernie_cl.trainer import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,8 +118,7 @@ def test_resume_after_a_crash_in_stage_2_matches_the_uninterrupted_run(full_run,
     assert expected.keys() == got.keys()
     assert all(torch.equal(expected[k], got[k]) for k in expected)
     # the resumed run continued the same wandb run
-    assert {p.name.rsplit("-", 1)[-1] for p in (resumed / "wandb").glob("offline-run-*")} == \
-        {p.name.rsplit("-", 1)[-1] for p in (full_run / "wandb").glob("offline-run-*")}
+    assert wandb_run_ids(resumed) == wandb_run_ids(full_run) and len(wandb_run_ids(full_run)) == 1
 
 
 def test_negative_control_a_resume_that_loses_the_data_position_is_detected(full_run, schedule_file, cache_dir, tmp_path):
