@@ -111,6 +111,10 @@ def _rank() -> int:
     return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
 
 
+def _world() -> int:
+    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
+
+
 def _barrier() -> None:
     if torch.distributed.is_initialized():
         torch.distributed.barrier()
@@ -138,7 +142,8 @@ def save_checkpoint(engine, run_dir: Path, tag: str, trainer_state: dict[str, An
                 _fsync_file(path)
             faults.inject(f"checkpoint-files:{tag}")
             manifest = {str(p.relative_to(staging)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}
-            write_json_durably(staging / STATE_FILE, {**trainer_state, "tag": tag, "stage_end": stage_end, "files": manifest})
+            write_json_durably(staging / STATE_FILE, {**trainer_state, "tag": tag, "stage_end": stage_end,
+                                                          "world_size": _world(), "files": manifest})
             if target.exists():  # the same tag written again (a resumed run redoing a step): replace it
                 shutil.rmtree(target)
             os.rename(staging, target)
@@ -220,16 +225,31 @@ def find_latest(run_dir: Path, warn: Callable[[str], None] = print) -> Optional[
 
 
 def resolve_resume(resume: str, run_dir: Path, warn: Callable[[str], None] = print) -> Optional[Path]:
-    """``auto`` -> newest intact checkpoint of the run (or None: start fresh); else a path."""
+    """``auto`` -> newest intact checkpoint of the run (or None: start fresh); else a path. Either
+    must have been written by as many processes as this run has."""
     if resume == "auto":
-        return find_latest(run_dir, warn)
+        found = find_latest(run_dir, warn)
+        if found is not None:
+            check_world_size(found)
+        return found
     path = Path(resume)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint '{resume}' does not exist; pass a folder under RUN/checkpoints/ or --resume auto")
     problem = problem_with(path)
     if problem is not None:
         raise CheckpointError(f"checkpoint '{resume}' cannot be used: {problem}; pick another or use --resume auto")
+    check_world_size(path)
     return path
+
+
+def check_world_size(checkpoint: Path) -> None:
+    """ZeRO shards optimizer state per rank and the data streams shard examples per rank, so a
+    checkpoint resumes with the number of processes that wrote it (1 for checkpoints that predate
+    the field)."""
+    written = int((read_state(checkpoint) or {}).get("world_size", 1))
+    if written != _world():
+        raise CheckpointError(f"checkpoint '{checkpoint}' was written by {written} process(es) but this run has {_world()}; "
+                              f"resume with {written} (torchrun --nproc-per-node {written} -m ernie_cl.cli train ...)")
 
 
 class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
@@ -237,7 +257,61 @@ class WeightsOnlyCheckpointEngine(TorchCheckpointEngine):
     plain containers only, no pickled code runs."""
 
     def load(self, path: str, map_location=None):
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(zero_state_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def zero_state_globals() -> list[Any]:
+    """The only non-container types that DeepSpeed's ZeRO optimizer files hold (checked for stages
+    1-3 in fp32): plain data classes, rebuilt from their fields; no code of theirs runs on load."""
+    from deepspeed.runtime.fp16.loss_scaler import LossScaler
+    from deepspeed.runtime.zero.config import ZeroStageEnum
+    from deepspeed.utils.tensor_fragment import fragment_address
+
+    return [LossScaler, ZeroStageEnum, fragment_address]
+
+
+MODEL_FILE = "mp_rank_00_model_states.pt"
+
+
+def model_weights(checkpoint: Path) -> dict[str, Any]:
+    """The whole model's fp32 state dict: DeepSpeed's module file under ZeRO 0-2; under ZeRO-3 the
+    per-rank shards consolidated by DeepSpeed's own ``zero_to_fp32`` (read weights-only as well)."""
+    files = (read_state(checkpoint) or {}).get("files", {})
+    try:
+        if MODEL_FILE in files:
+            with torch.serialization.safe_globals(zero_state_globals()):
+                weights = torch.load(checkpoint / MODEL_FILE, map_location="cpu", weights_only=True).get("module")
+            if isinstance(weights, dict) and weights:
+                return weights
+            raise CheckpointError(f"checkpoint '{checkpoint}': {MODEL_FILE} holds no 'module' weights")
+        if any(name.startswith("zero_pp_rank_") and name.endswith("_model_states.pt") for name in files):
+            return _consolidate_zero3(checkpoint)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(f"refusing to load '{checkpoint}': its files hold pickled objects other than tensors and "
+                              "plain containers, and loading them could run code; use a checkpoint written by ernie-cl") from exc
+    raise CheckpointError(f"checkpoint '{checkpoint}' holds no model weights ({MODEL_FILE} or ZeRO-3 shards); pick another")
+
+
+def _consolidate_zero3(checkpoint: Path) -> dict[str, Any]:
+    import contextlib
+    import io
+
+    from deepspeed.utils import zero_to_fp32
+
+    original = torch.load
+
+    def weights_only_load(*args: Any, **kwargs: Any) -> Any:  # zero_to_fp32 asks for weights_only=False
+        kwargs["weights_only"] = True
+        with torch.serialization.safe_globals(zero_state_globals()):
+            return original(*args, **kwargs)
+
+    torch.load = weights_only_load
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            return dict(zero_to_fp32.get_fp32_state_dict_from_zero_checkpoint(str(checkpoint.parent), tag=checkpoint.name))
+    finally:
+        torch.load = original
 
 
 def load_checkpoint(engine, checkpoint: Path) -> dict[str, Any]:

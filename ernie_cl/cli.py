@@ -27,6 +27,8 @@ Typical use:
   ernie-cl validate schedules/demo.yaml                          # check a schedule, nothing else
   ernie-cl compare schedules/ernie2_en.yaml --out runs/cmp --seeds 3   # curriculum vs baselines
   ernie-cl finetune runs/demo --task path/to/glue_task/          # fine-tune a checkpoint downstream
+  ernie-cl export runs/demo --out exported/                      # a Hugging Face model folder
+  torchrun --nproc-per-node 2 -m ernie_cl.cli train SCHEDULE --run-dir DIR   # several processes
 """
 
 
@@ -126,7 +128,29 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--out", metavar="FILE.json", help="also write the result as JSON")
     finetune.add_argument("--cache-dir", help="the cache the run used (its tokenizer lives there; as for train)")
     finetune.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    export = sub.add_parser(
+        "export", help="write a checkpoint as a Hugging Face model folder (config, safetensors, tokenizer)",
+        description="Write CHECKPOINT as a folder that AutoModel.from_pretrained and AutoTokenizer.from_pretrained load "
+                    "offline: config.json, model.safetensors (task 0's embedding folded into the word embeddings, so "
+                    "AutoModel gives the toolkit's hidden states for task id 0; a BERT trained with knowledge_masking "
+                    "also gets its head as BertForMaskedLM's cls.predictions, for the fill-mask pipeline), the tokenizer "
+                    "files, and a side file with every task embedding and head (ernie_cl_extras.safetensors + "
+                    "ernie_cl.json) so that `pretrained: DIR` continues pre-training from the export. ZeRO-3 "
+                    "checkpoints are consolidated with DeepSpeed's zero_to_fp32.")
+    export.add_argument("checkpoint", help="a checkpoint folder RUN/checkpoints/<tag> (or a run folder: its newest complete checkpoint)")
+    export.add_argument("--out", required=True, metavar="DIR", help="a new or empty folder")
+    export.add_argument("--cache-dir", help="the cache the run used (its tokenizer lives there; as for train)")
+    export.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
     return parser
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export import export_checkpoint
+
+    result = export_checkpoint(args.checkpoint, args.out, cache_dir=args.cache_dir)
+    print(f"ernie-cl: exported {result['source']} (step {result['global_step']}) to {result['out']} as "
+          f"{result['architectures'][0]}; task '{result['folded_task']}' folded into the word embeddings")
+    return 0
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -254,7 +278,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    handler = {"train": _train, "tasks": _tasks, "validate": _validate, "finetune": _finetune, "compare": _compare}[args.command]
+    handler = {"train": _train, "tasks": _tasks, "validate": _validate, "finetune": _finetune, "compare": _compare,
+               "export": _export}[args.command]
     try:
         return handler(args)
     except ErnieClError as exc:

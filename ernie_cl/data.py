@@ -6,7 +6,8 @@ loads them memory-mapped. Each document's examples come from an RNG seeded by
 (seed, task, document id), so a build is reproducible and independent of document order.
 
 A task's stream is a function of its position alone: the example at position q is
-``perm_e[q mod N]`` with ``e = q // N`` and ``perm_e`` a permutation seeded by (seed, task, e).
+``shard[perm_e[q mod N]]`` with ``e = q // N``, ``perm_e`` a permutation seeded by (seed, task, e)
+and ``shard`` the N rows of this rank (rows r, r + W, ... of W processes; every row with one).
 Resuming therefore only needs the position, and a resumed run draws exactly what the
 uninterrupted run would have drawn.
 """
@@ -176,8 +177,14 @@ def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
 class ExampleStream:
     """An endless, resumable stream of batches over one task's training examples."""
 
-    def __init__(self, dataset, batch_size: int, seed: int, task_name: str, pad_id: int, sentence_level: bool):
+    def __init__(self, dataset, batch_size: int, seed: int, task_name: str, pad_id: int, sentence_level: bool,
+                 rank: int = 0, world: int = 1):
         self.dataset = dataset
+        # this rank's disjoint shard: rows rank, rank + world, ... (all rows with one process)
+        self.rows = np.arange(rank, len(dataset), world, dtype=np.int64)
+        if len(self.rows) == 0:
+            raise CorpusError(f"task '{task_name}' has {len(dataset)} training example(s), fewer than the {world} "
+                              "processes; use a larger corpus or fewer processes")
         self.labels_of = labels_of(dataset, task_name)
         self.batch_size = batch_size
         self.seed_key = [seed, int(hashlib.sha256(task_name.encode()).hexdigest()[:8], 16)]
@@ -189,13 +196,14 @@ class ExampleStream:
 
     def _permutation(self, epoch: int) -> np.ndarray:
         if epoch != self._epoch:
-            self._perm = np.random.default_rng(self.seed_key + [epoch]).permutation(len(self.dataset))
+            self._perm = np.random.default_rng(self.seed_key + [epoch]).permutation(len(self.rows))
             self._epoch = epoch
         return self._perm
 
     def indices(self, start: int, count: int) -> list[int]:
-        n = len(self.dataset)
-        return [int(self._permutation(q // n)[q % n]) for q in range(start, start + count)]
+        """Rows of the example set at stream positions start .. start + count - 1."""
+        n = len(self.rows)
+        return [int(self.rows[self._permutation(q // n)[q % n]]) for q in range(start, start + count)]
 
     def next_batch(self) -> dict[str, torch.Tensor]:
         rows = self.dataset[self.indices(self.position, self.batch_size)]

@@ -3,7 +3,8 @@
 ``load_encoder`` rebuilds the pre-trained model from ``RUN/checkpoints/<tag>/`` alone: the run's
 configs come from the checkpoint's ``trainer_state.json`` (``identity``), the tokenizer from the
 cache ``preparation.schedule_tokenizer`` keeps (rebuilt from the corpus on a cache miss; no task
-examples are built), the weights from ``mp_rank_00_model_states.pt`` (``weights_only=True``).
+examples are built), the weights from ``mp_rank_00_model_states.pt``, or the consolidated ZeRO-3
+shards (``checkpoint.model_weights``; read with ``weights_only=True``).
 
 Two ways to measure what the encoder learnt:
 
@@ -62,9 +63,6 @@ def load_encoder(checkpoint: PathLike, cache_dir: Optional[PathLike] = None,
     if "schedule" not in identity or "model" not in identity:
         raise CheckpointError(f"checkpoint '{folder}' records no run identity (schedule and model config) in "
                               f"{ckpt.STATE_FILE}; it was written by an older ernie-cl, retrain or pick another")
-    if WEIGHTS_FILE not in state.get("files", {}):
-        raise CheckpointError(f"checkpoint '{folder}' has no {WEIGHTS_FILE}; only single-file (ZeRO 0-2) checkpoints "
-                              "can be loaded for downstream evaluation")
     try:
         schedule = ScheduleConfig.model_validate(identity["schedule"])
     except ValidationError as exc:
@@ -82,9 +80,7 @@ def load_encoder(checkpoint: PathLike, cache_dir: Optional[PathLike] = None,
              for name in schedule.task_names()}
     with torch.random.fork_rng(devices=[]):  # random init, overwritten below: keep the caller's RNG as it was
         encoder = ErnieEncoder(build_backbone(model_cfg, tokenizer, seq_len), tasks)
-    weights = torch.load(folder / WEIGHTS_FILE, map_location="cpu", weights_only=True).get("module")
-    if not isinstance(weights, dict):
-        raise CheckpointError(f"checkpoint '{folder}': {WEIGHTS_FILE} holds no 'module' weights")
+    weights = ckpt.model_weights(folder)  # ZeRO-3 shards are consolidated
     # the loss balancers' state belongs to pre-training, not to the encoder
     weights = {k: v for k, v in weights.items() if not k.startswith("balancers.")}
     try:

@@ -87,7 +87,8 @@ class ErnieEncoder(nn.Module):
         """Hidden states; the input carries the task embedding of its task, or, for an input shared
         by fused token-level tasks, the mean of their task embeddings."""
         embeds = self.backbone.get_input_embeddings()(input_ids)
-        task_vec = self.task_embeddings.weight[list(task_ids)].mean(0)
+        # through the module, not .weight: ZeRO-3 gathers a partitioned parameter only in its module's forward
+        task_vec = self.task_embeddings(torch.as_tensor(list(task_ids), device=input_ids.device)).mean(0)
         out = self.backbone(inputs_embeds=embeds + task_vec, attention_mask=attention_mask, token_type_ids=token_type_ids)
         return out.last_hidden_state
 

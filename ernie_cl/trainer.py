@@ -18,7 +18,7 @@ from typing import Any, Optional
 import torch
 
 from . import checkpoint as ckpt
-from . import faults
+from . import distributed, faults
 from .balancing import balancer_from_spec
 from .config import load_deepspeed_config, load_model_config, load_schedule
 from .curriculum import Curriculum, Step
@@ -27,6 +27,7 @@ from .encoder import ErnieEncoder, build_backbone
 from .engine import create_engine, name_accelerator
 from .errors import CheckpointError, TrainingError
 from .evaluation import evaluate, trivial_baselines
+from .export import restore_extras
 from .logging_sinks import MetricsLog, WandbSink, print_eval_table
 from .preparation import default_cache_dir, prepare
 from .progress import progress_bar
@@ -52,17 +53,22 @@ def train(
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     training = schedule.training
-    torch.set_num_threads(training.threads or os.cpu_count() or 1)
+    distributed.start()  # before anything that reads or writes shared files: ranks take turns below
+    distributed.check_schedule(schedule)
+    torch.set_num_threads(training.threads or distributed.cores_per_process())
     identity = {"schedule": schedule.model_dump(mode="json"), "model": model_cfg}
 
     resume_from = ckpt.resolve_resume(resume, run_dir) if resume else None
     if resume == "auto" and resume_from is None:
         print(f"ernie-cl: no complete checkpoint in {run_dir}; starting from the beginning")
 
-    prepared = prepare(schedule, model_cfg, Path(cache_dir or default_cache_dir()), show_progress=show_progress)
+    with distributed.main_first():  # rank 0 builds the caches, the other ranks then read them
+        prepared = prepare(schedule, model_cfg, Path(cache_dir or default_cache_dir()),
+                           show_progress=show_progress and distributed.is_main())
     tokenizer, tasks = prepared.tokenizer, prepared.tasks
     torch.manual_seed(schedule.seed)
     model = ErnieEncoder(build_backbone(model_cfg, tokenizer, training.seq_len), tasks)
+    restore_extras(model, model_cfg)  # continuing from an ernie-cl export: its task embeddings and heads
     # One loss balancer per stage, registered in the model so that the engine's optimizer steps
     # learned weights (uncertainty) and checkpoints carry every balancer's state.
     model.balancers = torch.nn.ModuleList(balancer_from_spec(s.balancing, s.task_names) for s in schedule.stages)
@@ -72,7 +78,7 @@ def train(
     # one stream per task, and one per fused group of token-level tasks (its name: "a+b+c")
     streams = {
         name: ExampleStream(dataset, training.batch_size, schedule.seed, name, tokenizer.pad_id,
-                            name in tasks and tasks[name].level == "sentence")
+                            name in tasks and tasks[name].level == "sentence", distributed.rank(), distributed.world_size())
         for name, dataset in prepared.train_sets.items()
     }
     baselines = trivial_baselines(tasks, prepared.eval_sets, training.eval_examples)
@@ -95,8 +101,10 @@ def train(
         wandb_id = state.get("wandb_run_id")
         print(f"ernie-cl: resumed from {resume_from} at step {state['global_step']}")
 
-    metrics = MetricsLog(run_dir / "metrics.jsonl", keep_until_step=curriculum.global_step)
-    sink = WandbSink(wandb_mode, run_dir, schedule, run_id=wandb_id, group=wandb_group)
+    main = distributed.is_main()  # only rank 0 reports; every rank trains, evaluates and checkpoints
+    metrics = MetricsLog(run_dir / "metrics.jsonl", keep_until_step=curriculum.global_step) if main else distributed.NullLog()
+    sink = WandbSink(wandb_mode if main else "disabled", run_dir, schedule, run_id=wandb_id, group=wandb_group)
+    example_log = distributed.ExampleLog(run_dir, curriculum.global_step, streams)
     if not summary["init_eval"]:
         summary["init_eval"] = run_eval()
         print_eval_table("before training", summary["init_eval"])
@@ -115,10 +123,11 @@ def train(
         }
         return ckpt.save_checkpoint(engine, run_dir, tag, state, stage_end=stage_end, keep=training.keep_checkpoints)
 
-    progress = _progress_bar(curriculum, show_progress)
+    progress = _progress_bar(curriculum, show_progress and main)
     with GracefulStop() as stop:
         while not curriculum.finished:
             stage = curriculum.current_stage
+            distributed.check_same(curriculum.plan(stage.index), f"plan of stage '{stage.name}'")
             for step in curriculum.stage_steps():
                 record = _train_step(engine, step, streams, tasks, counters, device)
                 if counters.get("nonfinite_in_a_row", 0) >= training.max_nonfinite_steps:
@@ -134,13 +143,15 @@ def train(
                 progress.update(1)
                 progress.set_postfix(stage=stage.name, task=step.task, loss=f"{record['loss']:.3f}",
                                      tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
+                example_log.after_step(step.global_step)
                 faults.inject(f"step:{step.global_step}")
                 if last_in_stage:
                     break  # the stage-end checkpoint below covers this step
                 every = training.checkpoint_every
-                if stop.requested or (every and step.global_step % every == 0):
+                stopping = distributed.any_rank(stop.requested)  # all ranks stop at the same step
+                if stopping or (every and step.global_step % every == 0):
                     saved = save(f"step-{step.global_step:07d}", stage_end=False)
-                    if stop.requested:
+                    if stopping:
                         _stop(stop, saved, progress, metrics, sink, schedule_path, run_dir)
             curriculum.next_stage()
             result = run_eval()
@@ -150,10 +161,11 @@ def train(
             sink.log_eval(result, step=curriculum.global_step)
             saved = save(f"stage-{stage.index + 1:02d}-{_slug(stage.name)}", stage_end=True)
             _write_summary(run_dir, summary)
-            if stop.requested and not curriculum.finished:
+            if distributed.any_rank(stop.requested) and not curriculum.finished:
                 _stop(stop, saved, progress, metrics, sink, schedule_path, run_dir)
     progress.close()
     metrics.close()
+    example_log.close()
     sink.finish(summary)
     return summary
 
@@ -185,6 +197,10 @@ def _train_step(engine, step: Step, streams: dict[str, ExampleStream], tasks: di
     balancer = engine.module.balancers[step.stage.index]
     shared = engine.module.last_shared_parameters() if balancer.method == "gradnorm" else None
     losses = {name: out[0] for name, out in outputs.items()}
+    tokens = int(batch["attention_mask"].sum())
+    # several processes: mean losses/accuracies and summed tokens over the ranks (gradients stay this
+    # rank's), so balancers weigh alike and a non-finite loss anywhere skips the step on every rank
+    losses, accuracy, tokens = distributed.global_view(losses, accuracy, tokens)
     finite = all(bool(torch.isfinite(value)) for value in losses.values())
     if finite:
         with _engine_allows_autograd(engine, enabled=shared is not None):
@@ -200,14 +216,13 @@ def _train_step(engine, step: Step, streams: dict[str, ExampleStream], tasks: di
         loss, weights = sum(losses.values()) * float("nan"), {name: float("nan") for name in losses}
         counters["nonfinite_steps"] = counters.get("nonfinite_steps", 0) + 1
         counters["nonfinite_in_a_row"] = counters.get("nonfinite_in_a_row", 0) + 1
-    tokens = int(batch["attention_mask"].sum())
     counters["tokens_seen"] += tokens
     elapsed = time.perf_counter() - started
     record: dict[str, Any] = {"step": step.global_step, "stage": step.stage.name, "stage_index": step.stage.index,
                               "task": step.task, "tasks": list(step.tasks),
-                              "loss": float(sum(out[0].detach() for out in outputs.values())),  # unweighted: comparable
+                              "loss": float(sum(value.detach() for value in losses.values())),  # unweighted: comparable
                               "weighted_loss": float(loss.detach()), "skipped": not finite}
-    for name, (task_loss, _, _) in outputs.items():
+    for name, task_loss in losses.items():
         record[f"{name}/loss"] = float(task_loss.detach())
         record[f"{name}/train_accuracy"] = accuracy[name]
         record[f"{name}/weight"] = weights[name]
@@ -267,7 +282,8 @@ def _newest(run_dir: Path) -> str:
 
 
 def _write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
-    ckpt.write_json_durably(run_dir / "summary.json", summary)
+    if distributed.is_main():
+        ckpt.write_json_durably(run_dir / "summary.json", summary)
 
 
 def _slug(name: str) -> str:
