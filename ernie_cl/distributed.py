@@ -67,7 +67,7 @@ def start() -> None:
 
 def cores_per_process() -> int:
     """CPU threads for one rank: the machine's cores shared among the ranks on this node."""
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    local = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or 1)  # torchrun, deepspeed
     return max(1, (os.cpu_count() or 1) // max(1, local))
 
 
