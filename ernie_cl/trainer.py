@@ -156,6 +156,7 @@ def train(
             curriculum.next_stage()
             result = run_eval()
             summary["stages"].append({"name": stage.name, "end_step": curriculum.global_step, "eval": result})
+            summary["timing"] = _timing(counters)
             progress.clear()
             print_eval_table(f"after stage '{stage.name}' (step {curriculum.global_step})", result)
             sink.log_eval(result, step=curriculum.global_step)
@@ -167,6 +168,10 @@ def train(
     metrics.close()
     example_log.close()
     sink.finish(summary)
+    if "timing" in summary:
+        t = summary["timing"]
+        print(f"ernie-cl: {t['steps_timed']} steps in {t['step_time_s']:.1f} s; the data pipeline took "
+              f"{t['data_wait_share']:.1%} of step time")
     return summary
 
 
@@ -188,6 +193,7 @@ def _train_step(engine, step: Step, streams: dict[str, ExampleStream], tasks: di
     fused = bool(step.stage.fused) and step.tasks[0] in step.stage.fused
     stream = streams["+".join(step.stage.fused) if fused else step.task]
     batch = to_device(stream.next_batch(), device)
+    data_wait = time.perf_counter() - started  # the loop waited this long for its batch
     batch["labels"] = {t: batch["labels"][t] for t in step.tasks}  # members not in this step sit out
     outputs = engine(**batch)
     accuracy = {}
@@ -218,6 +224,9 @@ def _train_step(engine, step: Step, streams: dict[str, ExampleStream], tasks: di
         counters["nonfinite_in_a_row"] = counters.get("nonfinite_in_a_row", 0) + 1
     counters["tokens_seen"] += tokens
     elapsed = time.perf_counter() - started
+    counters["step_time_s"] = counters.get("step_time_s", 0.0) + elapsed
+    counters["steps_timed"] = counters.get("steps_timed", 0) + 1
+    counters["data_wait_s"] = counters.get("data_wait_s", 0.0) + data_wait
     record: dict[str, Any] = {"step": step.global_step, "stage": step.stage.name, "stage_index": step.stage.index,
                               "task": step.task, "tasks": list(step.tasks),
                               "loss": float(sum(value.detach() for value in losses.values())),  # unweighted: comparable
@@ -226,7 +235,8 @@ def _train_step(engine, step: Step, streams: dict[str, ExampleStream], tasks: di
         record[f"{name}/loss"] = float(task_loss.detach())
         record[f"{name}/train_accuracy"] = accuracy[name]
         record[f"{name}/weight"] = weights[name]
-    record.update(lr=engine.get_lr()[0], tokens_per_s=tokens / elapsed, step_time_s=elapsed, tokens_seen=counters["tokens_seen"])
+    record.update(lr=engine.get_lr()[0], tokens_per_s=tokens / elapsed, step_time_s=elapsed, data_wait_s=data_wait,
+                  tokens_seen=counters["tokens_seen"])
     return record
 
 
@@ -274,6 +284,14 @@ def _check_same_run(state: dict[str, Any], identity: dict[str, Any], where: Path
         raise CheckpointError(f"cannot resume from {where}: the config changed since it was written ({shown}); "
                               "restore it, use a new --run-dir, or pass --allow-config-change to resume anyway")
     print(f"ernie-cl: warning: resuming with a changed config ({shown})")
+
+
+def _timing(counters: dict[str, Any]) -> dict[str, Any]:
+    """Step time and how much of it the loop spent waiting for batches (all steps of the run,
+    resumed parts included: the counters travel in checkpoints)."""
+    step_time, wait = counters.get("step_time_s", 0.0), counters.get("data_wait_s", 0.0)
+    return {"steps_timed": counters.get("steps_timed", 0), "step_time_s": round(step_time, 3),
+            "data_wait_s": round(wait, 3), "data_wait_share": round(wait / step_time, 5) if step_time else 0.0}
 
 
 def _newest(run_dir: Path) -> str:

@@ -60,6 +60,10 @@ def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+def untimed(summary: dict) -> dict:
+    return {k: v for k, v in summary.items() if k != "timing"}  # wall-clock, differs between runs
+
+
 def final_weights(run_dir: Path) -> dict[str, torch.Tensor]:
     state = torch.load(run_dir / "checkpoints" / "stage-02-km-cap" / "mp_rank_00_model_states.pt", weights_only=True)
     return {k: v for k, v in state["module"].items() if isinstance(v, torch.Tensor)}  # balancer state: JSON
@@ -112,8 +116,9 @@ def test_stage_checkpoints_and_offline_wandb_files_are_written(full_run):
 def test_resume_after_a_crash_in_stage_2_matches_the_uninterrupted_run(full_run, schedule_file, cache_dir, tmp_path):
     resumed = crash_during_stage_2(full_run, tmp_path / "resumed")
     summary = train(schedule_file, resumed, resume="auto", wandb_mode="offline", cache_dir=cache_dir, show_progress=False)
-    assert metrics(resumed) == [{**r, "tokens_per_s": m["tokens_per_s"], "step_time_s": m["step_time_s"]} for r, m in zip(metrics(full_run), metrics(resumed))]
-    assert summary == json.loads((full_run / "summary.json").read_text())
+    timed = ("tokens_per_s", "step_time_s", "data_wait_s")  # wall-clock measurements differ between runs
+    assert metrics(resumed) == [{**r, **{k: m[k] for k in timed}} for r, m in zip(metrics(full_run), metrics(resumed))]
+    assert untimed(summary) == untimed(json.loads((full_run / "summary.json").read_text()))
     expected, got = final_weights(full_run), final_weights(resumed)
     assert expected.keys() == got.keys()
     assert all(torch.equal(expected[k], got[k]) for k in expected)
@@ -181,3 +186,13 @@ def test_tasks_command_shows_decoded_examples_and_label_statistics(full_run, sch
     assert abs(sum(shares.values()) - 100) < 0.05 and shares["lowercase"] > shares["Capitalized"]
     baseline = float(stats.stdout.split("training set: ")[1].split()[0])
     assert abs(baseline - shares["lowercase"] / 100) < 1e-4
+
+
+def test_data_wait_is_logged_per_step_and_its_share_in_the_summary(full_run):
+    rows = metrics(full_run)
+    assert all(0 <= r["data_wait_s"] <= r["step_time_s"] for r in rows)
+    timing = json.loads((full_run / "summary.json").read_text())["timing"]
+    assert timing["steps_timed"] == 12
+    assert timing["step_time_s"] == pytest.approx(sum(r["step_time_s"] for r in rows), abs=0.01)
+    assert timing["data_wait_s"] == pytest.approx(sum(r["data_wait_s"] for r in rows), abs=0.01)
+    assert timing["data_wait_share"] == pytest.approx(timing["data_wait_s"] / timing["step_time_s"], abs=1e-3)
