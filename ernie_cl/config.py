@@ -109,6 +109,9 @@ class TrainingConfig(_Strict):
     max_nonfinite_steps: Int = Field(default=10, gt=0)
     # co-active knowledge_masking / capitalization / token_document_relation share one forward pass
     fuse_token_tasks: Bool = True
+    # batches per window whose examples are sorted by length before batching (1: off): the same
+    # examples, regrouped so that a batch pads little (README, "Performance")
+    length_grouping: Int = Field(default=16, ge=1)
     threads: Optional[Int] = Field(default=None, gt=0)  # torch threads; default: all cores
     data_workers: Optional[Int] = Field(default=None, gt=0)  # processes building examples; default: all cores
 

@@ -9,7 +9,10 @@ A task's stream is a function of its position alone: the example at position q i
 ``shard[perm_e[q mod N]]`` with ``e = q // N``, ``perm_e`` a permutation seeded by (seed, task, e)
 and ``shard`` the N rows of this rank (rows r, r + W, ... of W processes; every row with one).
 Resuming therefore only needs the position, and a resumed run draws exactly what the
-uninterrupted run would have drawn.
+uninterrupted run would have drawn. With length grouping (``group`` > 1 batches) the positions of
+each window of ``group`` batches are sorted by example length and cut into batches served in a
+seeded order: the same examples in the same windows, regrouped so that a batch carries little
+padding (sentence pairs vary from a dozen tokens to ``seq_len``).
 """
 
 from __future__ import annotations
@@ -178,8 +181,11 @@ class ExampleStream:
     """An endless, resumable stream of batches over one task's training examples."""
 
     def __init__(self, dataset, batch_size: int, seed: int, task_name: str, pad_id: int, sentence_level: bool,
-                 rank: int = 0, world: int = 1):
+                 rank: int = 0, world: int = 1, group: int = 1):
         self.dataset = dataset
+        self.group = group
+        self._window, self._window_batches = -1, []
+        self._lengths = _row_lengths(dataset) if group > 1 else None
         # this rank's disjoint shard: rows rank, rank + world, ... (all rows with one process)
         self.rows = np.arange(rank, len(dataset), world, dtype=np.int64)
         if len(self.rows) == 0:
@@ -205,8 +211,22 @@ class ExampleStream:
         n = len(self.rows)
         return [int(self.rows[self._permutation(q // n)[q % n]]) for q in range(start, start + count)]
 
+    def batch_indices(self, position: int) -> list[int]:
+        """Rows of the batch that starts at stream ``position`` (see the module docstring)."""
+        if self.group <= 1:
+            return self.indices(position, self.batch_size)
+        span = self.batch_size * self.group
+        window, offset = divmod(position, span)
+        if window != self._window:
+            rows = self.indices(window * span, span)
+            order = sorted(rows, key=lambda row: self._lengths[row])  # stable: ties keep stream order
+            batches = [order[k : k + self.batch_size] for k in range(0, span, self.batch_size)]
+            shuffled = np.random.default_rng(self.seed_key + [window, 1]).permutation(len(batches))
+            self._window, self._window_batches = window, [batches[k] for k in shuffled]
+        return self._window_batches[offset // self.batch_size]
+
     def next_batch(self) -> dict[str, torch.Tensor]:
-        rows = self.dataset[self.indices(self.position, self.batch_size)]
+        rows = self.dataset[self.batch_indices(self.position)]
         self.position += self.batch_size
         return collate(rows, self.pad_id, self.sentence_level, self.labels_of)
 
@@ -215,6 +235,13 @@ class ExampleStream:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.position = int(state["position"])
+
+
+def _row_lengths(dataset) -> np.ndarray:
+    """Every example's length, read from the Arrow column at once (no per-row Python work)."""
+    import pyarrow.compute as pc
+
+    return pc.list_value_length(dataset.with_format("arrow")[:]["input_ids"]).to_numpy()
 
 
 def labels_of(dataset, task_name: str) -> dict[str, str]:

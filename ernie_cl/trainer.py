@@ -78,7 +78,8 @@ def train(
     # one stream per task, and one per fused group of token-level tasks (its name: "a+b+c")
     streams = {
         name: ExampleStream(dataset, training.batch_size, schedule.seed, name, tokenizer.pad_id,
-                            name in tasks and tasks[name].level == "sentence", distributed.rank(), distributed.world_size())
+                            name in tasks and tasks[name].level == "sentence", distributed.rank(), distributed.world_size(),
+                            group=training.length_grouping)
         for name, dataset in prepared.train_sets.items()
     }
     baselines = trivial_baselines(tasks, prepared.eval_sets, training.eval_examples)

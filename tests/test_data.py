@@ -67,6 +67,29 @@ def test_stream_visits_every_example_once_per_epoch_and_resumes_exactly():
     assert [resumed.next_batch()["labels"]["t"][:, 0].tolist() for _ in range(3)] == seen[2:]
 
 
+def test_length_grouping_regroups_the_same_examples_within_each_window_and_resumes_exactly():
+    lengths = [(i * 7) % 13 + 1 for i in range(40)]
+    data = Dataset.from_dict({"input_ids": [[5] * n for n in lengths], "token_type_ids": [[0] * n for n in lengths],
+                              "labels": [[i] for i in range(40)]})
+    plain = ExampleStream(data, batch_size=4, seed=2, task_name="t", pad_id=0, sentence_level=True)
+    grouped = ExampleStream(data, batch_size=4, seed=2, task_name="t", pad_id=0, sentence_level=True, group=3)
+    plain_batches = [plain.next_batch() for _ in range(12)]
+    grouped_batches = [grouped.next_batch() for _ in range(12)]
+    ids = lambda batches: [x for b in batches for x in b["labels"]["t"][:, 0].tolist()]
+    for w in range(4):  # windows of 3 batches: the same 12 examples, regrouped
+        window = slice(3 * w, 3 * w + 3)
+        assert sorted(ids(grouped_batches[window])) == sorted(ids(plain_batches[window]))
+    assert ids(grouped_batches) != ids(plain_batches)
+    padded = lambda batches: sum(b["input_ids"].numel() for b in batches)
+    assert padded(grouped_batches) < padded(plain_batches)  # the point of it: less padding
+    for b in grouped_batches:  # sorted inside each window: a batch spans a narrow length range
+        n = b["attention_mask"].sum(1)
+        assert int(n.max() - n.min()) <= 8
+    resumed = ExampleStream(data, batch_size=4, seed=2, task_name="t", pad_id=0, sentence_level=True, group=3)
+    resumed.load_state_dict({"position": 20})  # mid-window
+    assert ids([resumed.next_batch() for _ in range(7)]) == ids(grouped_batches[5:])
+
+
 def test_eval_subset_is_spread_over_the_whole_set():
     assert eval_indices(5, 10) == [0, 1, 2, 3, 4]
     chosen = eval_indices(1000, 10)
