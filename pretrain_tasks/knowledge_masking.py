@@ -109,7 +109,9 @@ class TiedDecoder(nn.Module):
         self.num_labels = num_labels
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        return F.linear(hidden, self.weight[: self.num_labels], self.bias)
+        # slice only a padded table: a slice's backward writes a zero-filled vocabulary-sized gradient
+        weight = self.weight if self.weight.shape[0] == self.num_labels else self.weight[: self.num_labels]
+        return F.linear(hidden, weight, self.bias)
 
 
 class MaskedTokenHead(nn.Module):
