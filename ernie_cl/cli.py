@@ -8,6 +8,7 @@ A full traceback is printed only with ``--debug``. Heavy libraries are imported 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import NoReturn, Optional, Sequence
@@ -273,6 +274,9 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    # A wandb service inherited from a parent process (its token is in WANDB_SERVICE) would outlive a
+    # killed run and refuse the resumed one ("run ID is in use"): every ernie-cl process starts its own.
+    os.environ.pop("WANDB_SERVICE", None)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not args.command:
