@@ -7,8 +7,8 @@ thread count:
 - ``hf``: ``transformers.Trainer`` + ``BertForMaskedLM`` + ``DataCollatorForLanguageModeling``
   (15% masking) on run_mlm-style blocks: the bundled corpus's training documents, tokenized with
   special tokens by the same WordPiece tokenizer ernie-cl trains (vocabulary ``--vocab``),
-  concatenated and cut into ``--seq``-token blocks (``group_texts``). Default ``adamw_torch``
-  optimizer, no evaluation, no checkpoints, no logging sinks.
+  concatenated and cut into ``--seq``-token blocks (``group_texts``). Trainer's default
+  optimizer (``adamw_torch_fused`` in this transformers; reported as ``hf_optimizer``), no evaluation, no checkpoints, no logging sinks.
 - ``mlm``: ``ernie_cl.trainer.train`` (the real trainer, DeepSpeed engine, cached example sets,
   streams) on a generated schedule with one stage training knowledge_masking alone.
 - ``all``: the same with one stage in which all seven tasks are active (the token-level ones
