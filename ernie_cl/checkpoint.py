@@ -43,7 +43,7 @@ import numpy as np
 import torch
 from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 
-from . import faults
+from . import distributed, faults
 from .errors import CheckpointError, TrainingError
 
 STATE_FILE = "trainer_state.json"
@@ -107,17 +107,6 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-def _rank() -> int:
-    return torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
-
-
-def _world() -> int:
-    return torch.distributed.get_world_size() if torch.distributed.is_initialized() else 1
-
-
-def _barrier() -> None:
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
 
 
 def save_checkpoint(engine, run_dir: Path, tag: str, trainer_state: dict[str, Any], stage_end: bool,
@@ -127,23 +116,23 @@ def save_checkpoint(engine, run_dir: Path, tag: str, trainer_state: dict[str, An
     root = checkpoints_dir(run_dir)
     staging_root = root / STAGING
     staging = staging_root / tag
-    if _rank() == 0:
+    if distributed.rank() == 0:
         shutil.rmtree(staging_root, ignore_errors=True)  # leftovers of a crash while writing a checkpoint
         staging_root.mkdir(parents=True, exist_ok=True)
     try:
-        _barrier()
+        distributed.barrier()
         engine.save_checkpoint(str(staging_root), tag=tag, save_latest=False)
-        write_json_durably(staging / f"rng-rank-{_rank():02d}.json", rng_state())
-        _barrier()
+        write_json_durably(staging / f"rng-rank-{distributed.rank():02d}.json", rng_state())
+        distributed.barrier()
         target = root / tag
-        if _rank() == 0:
+        if distributed.rank() == 0:
             files = sorted(p for p in staging.rglob("*") if p.is_file())
             for path in files:
                 _fsync_file(path)
             faults.inject(f"checkpoint-files:{tag}")
             manifest = {str(p.relative_to(staging)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}
             write_json_durably(staging / STATE_FILE, {**trainer_state, "tag": tag, "stage_end": stage_end,
-                                                          "world_size": _world(), "files": manifest})
+                                                          "world_size": distributed.world_size(), "files": manifest})
             if target.exists():  # the same tag written again (a resumed run redoing a step): replace it
                 shutil.rmtree(target)
             os.rename(staging, target)
@@ -159,7 +148,7 @@ def save_checkpoint(engine, run_dir: Path, tag: str, trainer_state: dict[str, An
         shutil.rmtree(staging_root, ignore_errors=True)
         raise TrainingError(f"could not write checkpoint {tag}: {exc.strerror or exc}; the previous checkpoints in {root} "
                             "are intact; free disk space, then continue with --resume auto") from exc
-    _barrier()
+    distributed.barrier()
     return target
 
 
@@ -247,8 +236,8 @@ def check_world_size(checkpoint: Path) -> None:
     checkpoint resumes with the number of processes that wrote it (1 for checkpoints that predate
     the field)."""
     written = int((read_state(checkpoint) or {}).get("world_size", 1))
-    if written != _world():
-        raise CheckpointError(f"checkpoint '{checkpoint}' was written by {written} process(es) but this run has {_world()}; "
+    if written != distributed.world_size():
+        raise CheckpointError(f"checkpoint '{checkpoint}' was written by {written} process(es) but this run has {distributed.world_size()}; "
                               f"resume with {written} (torchrun --nproc-per-node {written} -m ernie_cl.cli train ...)")
 
 
@@ -332,9 +321,9 @@ def load_checkpoint(engine, checkpoint: Path) -> dict[str, Any]:
         raise CheckpointError(f"could not load the engine state from '{checkpoint}': {str(exc).splitlines()[0][:200]}") from exc
     if load_path is None:
         raise CheckpointError(f"DeepSpeed could not load the engine state from '{checkpoint}'")
-    rng_file = checkpoint / f"rng-rank-{_rank():02d}.json"
+    rng_file = checkpoint / f"rng-rank-{distributed.rank():02d}.json"
     if not rng_file.is_file():
-        raise CheckpointError(f"checkpoint '{checkpoint}' has no RNG state for rank {_rank()} "
+        raise CheckpointError(f"checkpoint '{checkpoint}' has no RNG state for rank {distributed.rank()} "
                               "(it was written with fewer processes); resume with the same number of processes")
     restore_rng_state(json.loads(rng_file.read_text(encoding="utf-8")))
     return state

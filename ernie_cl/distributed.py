@@ -178,7 +178,7 @@ class ExampleLog:
         for name, stream in self.streams.items():
             if stream.position != self.positions[name]:
                 rows = [row for position in range(self.positions[name], stream.position, stream.batch_size)
-                        for row in _batch_rows(stream, position)]
+                        for row in stream.batch_indices(position)]
                 tokens = sum(len(ids) for ids in stream.dataset[rows]["input_ids"])
                 self.file.write({"step": step, "stream": name, "rows": rows, "tokens": tokens})
                 self.positions[name] = stream.position
@@ -187,9 +187,3 @@ class ExampleLog:
         if self.file is not None:
             self.file.close()
 
-
-def _batch_rows(stream: Any, position: int) -> list[int]:
-    """The rows of the batch the stream served at ``position`` (a pure function of the position)."""
-    if hasattr(stream, "batch_indices"):  # streams that regroup batches by length
-        return list(stream.batch_indices(position))
-    return stream.indices(position, stream.batch_size)
