@@ -15,6 +15,9 @@ Layout::
                                            LAST: it is the completion marker
         latest                             the newest checkpoint's name (replaced atomically)
         .staging/                          a checkpoint being written (never resumed from)
+        .replaced-<tag>/                   the old copy of a tag being written again, until the new
+                                           one is in place (resumed from only if the tag is missing,
+                                           and put back under its tag by the next checkpoint)
 
 Writing: every file goes to ``.staging/<tag>``, is flushed and fsynced, the marker is written last,
 and only then is the folder renamed into place (one atomic rename) and ``latest`` replaced. A crash
@@ -49,6 +52,7 @@ from .errors import CheckpointError, TrainingError
 STATE_FILE = "trainer_state.json"
 POINTER = "latest"
 STAGING = ".staging"
+REPLACED = ".replaced-"  # prefix of an old copy moved aside while its tag is rewritten
 
 
 def checkpoints_dir(run_dir: Path) -> Path:
@@ -118,6 +122,7 @@ def save_checkpoint(engine, run_dir: Path, tag: str, trainer_state: dict[str, An
     staging = staging_root / tag
     if distributed.rank() == 0:
         shutil.rmtree(staging_root, ignore_errors=True)  # leftovers of a crash while writing a checkpoint
+        _settle_replaced(root)
         staging_root.mkdir(parents=True, exist_ok=True)
     try:
         distributed.barrier()
@@ -133,10 +138,16 @@ def save_checkpoint(engine, run_dir: Path, tag: str, trainer_state: dict[str, An
             manifest = {str(p.relative_to(staging)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}
             write_json_durably(staging / STATE_FILE, {**trainer_state, "tag": tag, "stage_end": stage_end,
                                                           "world_size": distributed.world_size(), "files": manifest})
-            if target.exists():  # the same tag written again (a resumed run redoing a step): replace it
-                shutil.rmtree(target)
+            # The same tag written again (a resumed run redoing a step): the old copy is moved aside,
+            # not deleted, until the new one is in place, so no moment leaves neither on disk.
+            replaced = root / f"{REPLACED}{tag}"
+            if target.exists():
+                shutil.rmtree(replaced, ignore_errors=True)  # a stale one: its tag has a live copy
+                os.rename(target, replaced)
+                faults.inject(f"checkpoint-swap:{tag}")
             os.rename(staging, target)
             _fsync_dir(root)
+            shutil.rmtree(replaced, ignore_errors=True)
             if not any(staging_root.iterdir()):
                 staging_root.rmdir()
             (root / f".{POINTER}.tmp").write_text(tag)
@@ -150,6 +161,19 @@ def save_checkpoint(engine, run_dir: Path, tag: str, trainer_state: dict[str, An
                             "are intact; free disk space, then continue with --resume auto") from exc
     distributed.barrier()
     return target
+
+
+def _settle_replaced(root: Path) -> None:
+    """Old copies left moved aside by a killed same-tag rewrite: put back under their tag when it
+    has no live folder, deleted when it has one (the rewrite finished)."""
+    if not root.is_dir():
+        return
+    for path in root.glob(f"{REPLACED}*"):
+        target = root / path.name[len(REPLACED):]
+        if target.exists():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.rename(path, target)
 
 
 def prune(root: Path, keep: int) -> None:
@@ -189,10 +213,16 @@ def problem_with(checkpoint: Path) -> Optional[str]:
 
 
 def _checkpoint_folders(root: Path) -> list[tuple[Path, Optional[dict[str, Any]]]]:
-    """Every checkpoint folder (staging excluded) with its trainer state, None when unreadable."""
+    """Every checkpoint folder (staging excluded) with its trainer state, None when unreadable; an
+    old copy moved aside by a same-tag rewrite counts while that tag has no live folder (a crash
+    between the rewrite's two renames)."""
     if not root.is_dir():
         return []
-    return [(path, read_state(path)) for path in sorted(root.iterdir()) if path.is_dir() and not path.name.startswith(".")]
+    folders = [path for path in sorted(root.iterdir()) if path.is_dir()]
+    live = {path.name for path in folders if not path.name.startswith(".")}
+    usable = [path for path in folders if not path.name.startswith(".")
+              or (path.name.startswith(REPLACED) and path.name[len(REPLACED):] not in live)]
+    return [(path, read_state(path)) for path in usable]
 
 
 def _complete_checkpoints(root: Path) -> list[tuple[Path, dict[str, Any]]]:

@@ -6,6 +6,8 @@ call here is a dictionary lookup that does nothing. Points the trainer passes:
 - ``step:N``               right after optimizer step N (and its metrics line) is done;
 - ``checkpoint-files:TAG`` while checkpoint TAG is being written: its engine files are on disk,
   its completion marker is not;
+- ``checkpoint-swap:TAG``  while checkpoint TAG is written again over an existing one: the old
+                           copy is moved aside, the new one not yet in place;
 - ``checkpoint-done:TAG``  right after checkpoint TAG is complete and the pointer names it;
 - ``loss:N``               step N's combined loss, before the backward pass (action ``nan`` only).
 

@@ -161,6 +161,24 @@ def test_truncated_files_and_a_garbled_marker_fall_back_to_the_previous_checkpoi
     assert_same_as_uninterrupted(setup, run_dir)
 
 
+def test_a_kill_while_a_checkpoint_is_rewritten_keeps_the_old_copy_and_resumes_from_it(setup, tmp_path):
+    # A run resumed from an older checkpoint writes step-0000009 again over the existing one; it is
+    # killed after the old copy was moved aside and before the new one is in place.
+    run_dir = tmp_path / "run"
+    shutil.copytree(setup["full"], run_dir)
+    ckpts = run_dir / "checkpoints"
+    shutil.rmtree(ckpts / FINAL)  # the run had reached step 9 only
+    killed = train(setup, run_dir, "--resume", str(ckpts / "stage-01-km"), fault="kill@checkpoint-swap:step-0000009")
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert "step-0000009" not in checkpoints(run_dir)
+    assert json.loads((ckpts / ".replaced-step-0000009" / "trainer_state.json").read_text())["global_step"] == 9
+    resumed = train(setup, run_dir, "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resumed from {ckpts / '.replaced-step-0000009'} at step 9" in resumed.stdout  # not from step 6
+    assert_same_as_uninterrupted(setup, run_dir)
+    assert checkpoints(run_dir) == ["stage-01-km", FINAL, "step-0000009"]  # the moved-aside copy is gone
+
+
 def test_sigterm_finishes_the_step_checkpoints_and_says_how_to_resume(setup, tmp_path):
     run_dir = tmp_path / "run"
     stopped = train(setup, run_dir, fault="term@step:4")
