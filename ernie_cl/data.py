@@ -56,10 +56,15 @@ def examples_fingerprint(task, corpus_fingerprint: str, tokenizer_fingerprint: s
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
+def document_rng(seed: int, task_name: str, doc_id: str) -> random.Random:
+    """The random source of one document's examples: the same on every run, worker and process."""
+    return random.Random(f"{seed}:{task_name}:{doc_id}")
+
+
 def _build_shard(task, documents: Sequence[Document], seed: int) -> dict[str, list[list[int]]]:
     columns: dict[str, list[list[int]]] = {c: [] for c in columns_of(task)}
     for doc in documents:
-        rng = random.Random(f"{seed}:{task.name}:{doc.id}")
+        rng = document_rng(seed, task.name, doc.id)
         for example in task.build_examples(doc, rng):
             for c, values in columns.items():
                 values.append(example[c])

@@ -205,7 +205,9 @@ class DiscourseRelation(SentenceTask):
         wanted = ratio / (1 - ratio) * kept_pairs  # no-conn count that makes it `ratio` of all examples
         self._no_conn_keep = min(1.0, wanted / candidates) if candidates else 0.0
 
-    def build_examples(self, doc: Document, rng: random.Random) -> list[dict[str, list[int]]]:
+    def chosen_pairs(self, doc: Document, rng: random.Random) -> list[tuple[str, str, int]]:
+        """The (s1, s2 without its marker, label id) triples that become this document's examples:
+        marker pairs of kept labels, and [no-conn] candidates sampled to ``no_conn_ratio``."""
         if self._kept is None:
             raise RuntimeError("discourse_relation: call fit(documents) on the split before build_examples")
         chosen = []
@@ -215,6 +217,10 @@ class DiscourseRelation(SentenceTask):
                     chosen.append((first, second, 0))
             elif label in self._kept:
                 chosen.append((first, second, label))
+        return chosen
+
+    def build_examples(self, doc: Document, rng: random.Random) -> list[dict[str, list[int]]]:
+        chosen = self.chosen_pairs(doc, rng)
         if not chosen:
             return []
         texts = [text for first, second, _ in chosen for text in (first, second)]
