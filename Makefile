@@ -20,8 +20,11 @@ demo: install
 	rm -rf runs/demo
 	$(VENV)/bin/ernie-cl train schedules/demo.yaml --run-dir runs/demo
 
+# Two test processes (pytest-xdist), one test file each at a time so that a file's shared fixtures are
+# built once: most tests are single-threaded Python, so 2 workers use both cores (16:45 -> 10:18 on 2 cores).
+TEST_WORKERS ?= 2
 test: install
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 clean:
 	rm -rf runs .pytest_cache
