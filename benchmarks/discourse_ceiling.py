@@ -162,7 +162,7 @@ def main() -> None:
         train, test = task_pairs(task, train_docs, schedule.seed), task_pairs(task, test_docs, schedule.seed)
         gold = [label for *_, label in test]
         train_majority = Counter(label for *_, label in train).most_common(1)[0][0]
-        row = {"train": len(train), "test": len(test), "majority": Counter(gold).most_common(1)[0][1] / len(gold),
+        row = {"train": len(train), "test": len(test), "majority": task.trivial_baseline([gold]),
                "train_majority": accuracy([train_majority] * len(gold), gold),
                "bag_of_words": bag_of_words(train, test, tokenizer, task.num_labels, args.l2)}
         if use_minilm:

@@ -111,8 +111,6 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-
-
 def save_checkpoint(engine, run_dir: Path, tag: str, trainer_state: dict[str, Any], stage_end: bool,
                     keep: int) -> Path:
     """Write checkpoint ``tag`` atomically (see the module docstring), then prune old periodic ones.
@@ -140,9 +138,9 @@ def save_checkpoint(engine, run_dir: Path, tag: str, trainer_state: dict[str, An
                                                           "world_size": distributed.world_size(), "files": manifest})
             # The same tag written again (a resumed run redoing a step): the old copy is moved aside,
             # not deleted, until the new one is in place, so no moment leaves neither on disk.
+            # (_settle_replaced above has cleared any earlier `replaced` folder of this tag.)
             replaced = root / f"{REPLACED}{tag}"
             if target.exists():
-                shutil.rmtree(replaced, ignore_errors=True)  # a stale one: its tag has a live copy
                 os.rename(target, replaced)
                 faults.inject(f"checkpoint-swap:{tag}")
             os.rename(staging, target)
@@ -169,7 +167,7 @@ def _settle_replaced(root: Path) -> None:
     if not root.is_dir():
         return
     for path in root.glob(f"{REPLACED}*"):
-        target = root / path.name[len(REPLACED):]
+        target = root / path.name.removeprefix(REPLACED)
         if target.exists():
             shutil.rmtree(path, ignore_errors=True)
         else:
@@ -221,7 +219,7 @@ def _checkpoint_folders(root: Path) -> list[tuple[Path, Optional[dict[str, Any]]
     folders = [path for path in sorted(root.iterdir()) if path.is_dir()]
     live = {path.name for path in folders if not path.name.startswith(".")}
     usable = [path for path in folders if not path.name.startswith(".")
-              or (path.name.startswith(REPLACED) and path.name[len(REPLACED):] not in live)]
+              or (path.name.startswith(REPLACED) and path.name.removeprefix(REPLACED) not in live)]
     return [(path, read_state(path)) for path in usable]
 
 
