@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 
-from ernie_cl.balancing import BALANCING_METHODS, make_balancer
-from ernie_cl.config import load_model_config, load_schedule
-from ernie_cl.data import ExampleStream
-from ernie_cl.encoder import ErnieEncoder, build_backbone
-from ernie_cl.preparation import default_cache_dir, prepare
+from ernie_cl.config.schedule import load_model_config, load_schedule
+from ernie_cl.data.examples import ExampleStream
+from ernie_cl.data.preparation import default_cache_dir, prepare
+from ernie_cl.model.balancing import BALANCING_METHODS, make_balancer
+from ernie_cl.model.encoder import ErnieEncoder, build_backbone
 
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = ["knowledge_masking", "capitalization"]

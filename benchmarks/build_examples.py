@@ -20,8 +20,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from ernie_cl.corpus import load_corpus  # noqa: E402
-from ernie_cl.data import cached_examples  # noqa: E402
-from ernie_cl.tokenizer import build_or_load_tokenizer  # noqa: E402
+from ernie_cl.data.examples import cached_examples  # noqa: E402
+from ernie_cl.data.tokenizer import build_or_load_tokenizer  # noqa: E402
 from pretrain_tasks import get_task_class, registered_tasks  # noqa: E402
 
 

@@ -37,9 +37,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from ernie_cl.config import load_model_config, load_schedule  # noqa: E402
-from ernie_cl.data import document_rng  # noqa: E402
-from ernie_cl.preparation import default_cache_dir, load_schedule_corpus, schedule_tokenizer  # noqa: E402
+from ernie_cl.config.schedule import load_model_config, load_schedule  # noqa: E402
+from ernie_cl.data.examples import document_rng  # noqa: E402
+from ernie_cl.data.preparation import default_cache_dir, load_schedule_corpus, schedule_tokenizer  # noqa: E402
 from pretrain_tasks import get_task_class  # noqa: E402
 
 Pair = tuple[str, str, int]

@@ -9,7 +9,7 @@ thread count:
   special tokens by the same WordPiece tokenizer ernie-cl trains (vocabulary ``--vocab``),
   concatenated and cut into ``--seq``-token blocks (``group_texts``). Trainer's default
   optimizer (``adamw_torch_fused`` in this transformers; reported as ``hf_optimizer``), no evaluation, no checkpoints, no logging sinks.
-- ``mlm``: ``ernie_cl.trainer.train`` (the real trainer, DeepSpeed engine, cached example sets,
+- ``mlm``: ``ernie_cl.training.trainer.train`` (the real trainer, DeepSpeed engine, cached example sets,
   streams) on a generated schedule with one stage training knowledge_masking alone.
 - ``all``: the same with one stage in which all seven tasks are active (the token-level ones
   share forward passes, as ``fuse_token_tasks`` does by default), equal budgets.
@@ -128,8 +128,8 @@ def decoder_flops(args, tokens: float, decoded: float) -> float:
 
 
 def run_ours(args, tasks: list[str]) -> dict:
-    """Train the generated schedule through ernie_cl.trainer.train and read its metrics.jsonl."""
-    from ernie_cl.trainer import train
+    """Train the generated schedule through ernie_cl.training.trainer.train and read its metrics.jsonl."""
+    from ernie_cl.training.trainer import train
 
     cache = Path(args.cache_dir) if args.cache_dir else None
     with tempfile.TemporaryDirectory() as tmp:
@@ -152,9 +152,9 @@ def run_ours(args, tasks: list[str]) -> dict:
 
 def masked_targets(args, schedule_path: Path, cache, skip: int, count: int) -> int:
     """Masked targets in the timed batches: the knowledge_masking stream replayed from its start."""
-    from ernie_cl.config import load_model_config, load_schedule
-    from ernie_cl.data import IGNORE, ExampleStream
-    from ernie_cl.preparation import default_cache_dir, prepare
+    from ernie_cl.config.schedule import load_model_config, load_schedule
+    from ernie_cl.data.examples import ExampleStream, IGNORE
+    from ernie_cl.data.preparation import default_cache_dir, prepare
 
     sched = load_schedule(schedule_path)
     prepared = prepare(sched, load_model_config(sched.model, schedule_path.parent), Path(cache or default_cache_dir()),
@@ -172,8 +172,8 @@ def run_hf(args) -> dict:
     from transformers import (BertConfig, BertForMaskedLM, DataCollatorForLanguageModeling, Trainer,
                               TrainerCallback, TrainingArguments)
 
-    from ernie_cl.config import load_schedule
-    from ernie_cl.preparation import default_cache_dir, load_schedule_corpus, schedule_tokenizer
+    from ernie_cl.config.schedule import load_schedule
+    from ernie_cl.data.preparation import default_cache_dir, load_schedule_corpus, schedule_tokenizer
 
     torch.set_num_threads(args.threads)
     cache = Path(args.cache_dir or default_cache_dir())

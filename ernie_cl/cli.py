@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import NoReturn, Optional, Sequence
 
-from .errors import ConfigError, ErnieClError
+from ernie_cl.errors import ConfigError, ErnieClError
 
 DEFAULT_SCHEDULE = Path(__file__).resolve().parent.parent / "schedules" / "demo.yaml"
 
@@ -146,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .export import export_checkpoint
+    from ernie_cl.export import export_checkpoint
 
     result = export_checkpoint(args.checkpoint, args.out, cache_dir=args.cache_dir)
     print(f"ernie-cl: exported {result['source']} (step {result['global_step']}) to {result['out']} as "
@@ -155,9 +155,9 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from .run_checks import check_run
-    from .stopping import StopRequested
-    from .trainer import train
+    from ernie_cl.config.run_checks import check_run
+    from ernie_cl.training.stopping import StopRequested
+    from ernie_cl.training.trainer import train
 
     check_run(args.schedule)  # every configuration error before the corpus, tokenizer and model are built
     try:
@@ -172,7 +172,7 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from .compare import run_comparison
+    from ernie_cl.evaluation.compare import run_comparison
 
     if args.seeds < 1:
         raise ConfigError(f"--seeds must be at least 1, got {args.seeds}")
@@ -194,8 +194,8 @@ def _tasks(args: argparse.Namespace) -> int:
     get_task_class(args.name)  # unknown name -> one-line error listing the known tasks
     if args.examples < 1:
         raise ConfigError("--examples must be at least 1")
-    from .config import load_model_config, load_schedule
-    from .preparation import prepare
+    from ernie_cl.config.schedule import load_model_config, load_schedule
+    from ernie_cl.data.preparation import prepare
 
     schedule = load_schedule(args.schedule)
     model_cfg = load_model_config(schedule.model, Path(args.schedule).parent)
@@ -204,7 +204,7 @@ def _tasks(args: argparse.Namespace) -> int:
     print(f"{args.name}: {len(dataset)} training examples, {len(prepared.eval_sets[args.name])} held-out; "
           f"{task.num_labels} labels; level {task.level}")
     if args.stats:
-        from .evaluation import label_statistics
+        from ernie_cl.training.heldout_eval import label_statistics
 
         print(label_statistics(task, dataset, prepared.eval_sets[args.name]))
         return 0
@@ -214,8 +214,8 @@ def _tasks(args: argparse.Namespace) -> int:
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from .run_checks import check_run
-    from .preparation import plan_stages
+    from ernie_cl.config.budgets import plan_stages
+    from ernie_cl.config.run_checks import check_run
 
     schedule = check_run(args.schedule).schedule  # reads small files only: no corpus, tokenizer or model
     stages = plan_stages(schedule)
@@ -254,7 +254,7 @@ Example:
 def _finetune(args: argparse.Namespace) -> int:
     import json
 
-    from .finetune import finetune
+    from ernie_cl.evaluation.finetune import finetune
 
     columns = [c.strip() for c in args.text_columns.split(",") if c.strip()] if args.text_columns else None
     result = finetune(args.checkpoint, args.task, config=args.config, text_columns=columns, label_column=args.label_column,

@@ -6,6 +6,9 @@ only with ``--debug``. Library code raises these instead of asserting on user in
 
 from __future__ import annotations
 
+import difflib
+from typing import Any
+
 
 class ErnieClError(Exception):
     """Base class of every error that is the user's to fix or a clearly reported runtime fault."""
@@ -48,3 +51,11 @@ class DataBuildError(ErnieClError):
     worker process that died (often killed by the system for lack of memory)."""
 
     exit_code = 1
+
+
+def did_you_mean(word: Any, known: Any) -> str:
+    """`` (did you mean 'X'?)`` for the closest of ``known`` to ``word``, or ``""``: the suffix of an
+    unknown-name message. Here, below every room, so that config and the balancing and task
+    registries can all use it without importing one another."""
+    close = difflib.get_close_matches(str(word), [str(k) for k in known], n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""

@@ -18,10 +18,10 @@ decoder keeps the unfolded table (the toolkit ties it to the embeddings before t
 is added), so the export unties it (``tie_word_embeddings: false``).
 
 **Continuing.** A model config ``pretrained: DIR`` pointing at an export loads the backbone with
-``AutoModel``; ``restore_extras`` then subtracts the folded vector again and restores the task
+``AutoModel``; ``model.extras.restore_extras`` then subtracts the folded vector again and restores the task
 embeddings and heads of the tasks that the new schedule shares with the export (by name).
 
-Weights come from the checkpoint through ``checkpoint.model_weights``, which consolidates ZeRO-3
+Weights come from the checkpoint through ``training.checkpoint.model_weights``, which consolidates ZeRO-3
 shards with DeepSpeed's own ``zero_to_fp32``.
 """
 
@@ -35,10 +35,9 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from .errors import CheckpointError, ConfigError
+from ernie_cl.errors import CheckpointError, ConfigError
+from ernie_cl.model.extras import EXTRAS_FILE, INFO_FILE
 
-EXTRAS_FILE = "ernie_cl_extras.safetensors"
-INFO_FILE = "ernie_cl.json"
 MLM_TASK = "knowledge_masking"
 
 
@@ -47,7 +46,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, out: str | os.PathLike,
     """Write ``checkpoint`` (a checkpoint folder, or a run folder: its newest) to ``out`` as above."""
     from safetensors.torch import save_file
 
-    from .downstream import load_encoder
+    from ernie_cl.evaluation.downstream import load_encoder
 
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -124,36 +123,3 @@ def _bert_mlm_head(head: nn.Module, embeddings: torch.Tensor) -> dict[str, torch
         "cls.predictions.decoder.bias": bias.clone(),
         "cls.predictions.bias": bias,
     }
-
-
-def restore_extras(model: nn.Module, model_cfg: dict[str, Any]) -> Optional[list[str]]:
-    """When the model was loaded from an ernie-cl export (``pretrained: DIR`` with the side file):
-    unfold task 0's vector from the word embeddings and restore the task embeddings and heads of
-    the tasks present in both. Returns the restored task names (None for any other model)."""
-    from safetensors.torch import load_file
-
-    folder = Path(model_cfg["pretrained"]) if "pretrained" in model_cfg else None
-    if folder is None or not (folder / INFO_FILE).is_file():
-        return None
-    try:
-        side = json.loads((folder / INFO_FILE).read_text(encoding="utf-8"))
-        extras = load_file(str(folder / EXTRAS_FILE))
-        saved_tasks, folded = list(side["tasks"]), int(side["folded_task_id"])
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"pretrained: '{folder}' has a damaged {INFO_FILE} or {EXTRAS_FILE} ({exc}); export it again") from None
-    vectors = extras["task_embeddings.weight"]
-    restored = []
-    with torch.no_grad():
-        model.backbone.get_input_embeddings().weight -= vectors[folded]
-        for i, task in enumerate(model.task_names):
-            if task not in saved_tasks:
-                continue  # a task new to this schedule keeps its fresh initialisation
-            model.task_embeddings.weight[i] = vectors[saved_tasks.index(task)]
-            head = model.heads[task]
-            own = head.state_dict(keep_vars=True)
-            saved = {k[len(f"heads.{task}."):]: v for k, v in extras.items() if k.startswith(f"heads.{task}.")}
-            for key, value in saved.items():
-                if key in own and own[key].shape == value.shape:
-                    own[key].copy_(value)
-            restored.append(task)
-    return restored

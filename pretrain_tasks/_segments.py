@@ -14,7 +14,7 @@ from typing import Sequence
 
 from torch import nn
 
-from ernie_cl.tokenizer import TextTokenizer
+from ernie_cl.data.tokenizer import TextTokenizer
 
 from .base import PretrainTask
 

@@ -23,8 +23,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ernie_cl.corpus.document import Document
+from ernie_cl.data.tokenizer import TextTokenizer
 from ernie_cl.errors import ConfigError, TaskRegistrationError
-from ernie_cl.tokenizer import TextTokenizer
 
 IGNORE = -100
 LEVELS = ("token", "sentence")

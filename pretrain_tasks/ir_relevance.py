@@ -47,8 +47,8 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 
 from ernie_cl.corpus.document import Document
+from ernie_cl.data.tokenizer import TextTokenizer
 from ernie_cl.errors import ConfigError, CorpusError
-from ernie_cl.tokenizer import TextTokenizer
 
 from ._segments import SentenceTask, join_segments, split_segments
 from .base import register_task

@@ -37,8 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ernie_cl.data.tokenizer import TextTokenizer
 from ernie_cl.errors import ConfigError
-from ernie_cl.tokenizer import TextTokenizer
 
 from ._packed import HeadTransform, PackedTokenTask
 from .base import IGNORE, register_task

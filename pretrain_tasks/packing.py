@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ernie_cl.corpus.document import Document, Sentence
-from ernie_cl.tokenizer import TextTokenizer
+from ernie_cl.data.tokenizer import TextTokenizer
 
 
 @dataclass

@@ -32,8 +32,8 @@ import random
 from typing import Any, ClassVar, Sequence
 
 from ernie_cl.corpus.document import Document
+from ernie_cl.data.tokenizer import EncodedText
 from ernie_cl.errors import ConfigError
-from ernie_cl.tokenizer import EncodedText
 
 from ._segments import SentenceTask, join_segments, split_segments
 from .base import register_task

@@ -9,7 +9,7 @@ from typing import Callable
 import pytest
 
 from ernie_cl.corpus.document import Document, Section, Sentence
-from ernie_cl.tokenizer import TextTokenizer, train_wordpiece
+from ernie_cl.data.tokenizer import TextTokenizer, train_wordpiece
 
 PERSONS = ["Barack Obama", "Angela Merkel", "Marie Curie", "Ada Lovelace", "Alan Turing", "Nelson Mandela",
            "Charles Darwin", "Jane Austen", "Frida Kahlo", "Isaac Newton", "Rosa Parks", "Leo Tolstoy"]

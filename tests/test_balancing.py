@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import nn
 
-from ernie_cl.balancing import BALANCING_METHODS, balancer_from_spec, make_balancer, validate_balancing
 from ernie_cl.errors import ConfigError
+from ernie_cl.model.balancing import BALANCING_METHODS, balancer_from_spec, make_balancer, validate_balancing
 
 
 @pytest.fixture(autouse=True)

@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from ernie_cl.trainer import train
+from ernie_cl.training.trainer import train
 
 ROOT = Path(__file__).resolve().parent.parent
 MICRO_MODEL = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,

@@ -10,10 +10,10 @@ import json
 import pytest
 import yaml
 
-from ernie_cl.compare import STRATEGIES, derive_schedule, strategy_stages, task_budgets
-from ernie_cl.config import load_schedule
-from ernie_cl.curriculum import Curriculum
-from ernie_cl.preparation import plan_stages
+from ernie_cl.config.budgets import plan_stages
+from ernie_cl.config.schedule import load_schedule
+from ernie_cl.evaluation.compare import STRATEGIES, derive_schedule, strategy_stages, task_budgets
+from ernie_cl.training.curriculum import Curriculum
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -95,7 +95,7 @@ MICRO_MODEL = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1, 
 
 
 def test_a_small_comparison_writes_results_report_and_plots_and_reuses_its_runs(tmp_path):
-    from ernie_cl.compare import run_comparison
+    from ernie_cl.evaluation.compare import run_comparison
 
     (tmp_path / "micro.yaml").write_text(yaml.safe_dump(MICRO_MODEL))
     schedule = {

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ernie_cl.config import load_model_config, load_schedule
-from ernie_cl.curriculum import allocate_budgets
+from ernie_cl.config.budgets import allocate_budgets
+from ernie_cl.config.schedule import load_model_config, load_schedule
 from ernie_cl.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent

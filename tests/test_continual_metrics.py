@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from ernie_cl.continual_metrics import (average_final, backward_transfer, finished_at, forgetting, mean_forgetting,
-                                        summarize, trained_from)
+from ernie_cl.evaluation.continual_metrics import (average_final, backward_transfer, finished_at, forgetting,
+                                                   mean_forgetting, summarize, trained_from)
 
 NAN = float("nan")
 TASKS = ["A", "B", "C"]

@@ -22,7 +22,7 @@ from ernie_cl.corpus import load_corpus
 from ernie_cl.corpus.document import Document, Section, Sentence
 from ernie_cl.corpus.readers import read_bytes
 from ernie_cl.corpus.sentences import MAX_SENTENCE_CHARS, cut_long, split_sentences
-from ernie_cl.data import build_examples
+from ernie_cl.data.examples import build_examples
 from ernie_cl.errors import CorpusError, DataBuildError
 from pretrain_tasks import get_task_class
 

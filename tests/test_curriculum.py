@@ -4,9 +4,10 @@ from collections import Counter
 
 import pytest
 
-from ernie_cl.config import ScheduleConfig
-from ernie_cl.curriculum import Curriculum, allocate_budgets, fuse_token_tasks
+from ernie_cl.config.budgets import allocate_budgets, fuse_token_tasks
+from ernie_cl.config.schedule import ScheduleConfig
 from ernie_cl.errors import ConfigError
+from ernie_cl.training.curriculum import Curriculum
 
 
 def schedule(stages, budgets=None, allocation="ernie2", seed=0):

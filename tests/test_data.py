@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from datasets import Dataset
 
-from ernie_cl.data import IGNORE, ExampleStream, build_examples, cached_examples, collate, eval_indices
+from ernie_cl.data.examples import ExampleStream, IGNORE, build_examples, cached_examples, collate, eval_indices
 from ernie_cl.errors import CorpusError
 from pretrain_tasks import get_task_class
 

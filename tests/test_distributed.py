@@ -145,7 +145,7 @@ def test_resume_with_another_number_of_processes_is_refused_in_one_line(full):
 def test_stream_shards_are_disjoint_and_cover_the_set():
     from datasets import Dataset
 
-    from ernie_cl.data import ExampleStream
+    from ernie_cl.data.examples import ExampleStream
 
     data = Dataset.from_dict({"input_ids": [[2, i, 3] for i in range(10)], "token_type_ids": [[0, 0, 0]] * 10,
                               "labels": [[-100, 1, -100]] * 10})
@@ -159,7 +159,7 @@ def test_stream_shards_are_disjoint_and_cover_the_set():
 def _global_view_worker(rank: int, port: int, out: str) -> None:
     import torch.distributed as dist
 
-    from ernie_cl import distributed
+    from ernie_cl.training import distributed
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     weight = torch.tensor(2.0, requires_grad=True)
@@ -193,9 +193,9 @@ def test_global_view_averages_values_keeps_local_gradients_and_agrees_on_skips(t
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs" / "deepspeed").glob("*.json")), ids=lambda p: p.name)
 def test_shipped_deepspeed_configs_load_and_merge(path):
-    from ernie_cl.config import TrainingConfig, load_deepspeed_config
-    from ernie_cl.engine import merged_ds_config
+    from ernie_cl.config.schedule import TrainingConfig, load_deepspeed_config
     from ernie_cl.errors import ConfigError
+    from ernie_cl.training.engine import merged_ds_config
 
     config = load_deepspeed_config(str(path))
     assert config["zero_optimization"]["stage"] == int(path.stem[4])

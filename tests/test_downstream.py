@@ -17,10 +17,10 @@ import pytest
 import torch
 import yaml
 
-from ernie_cl import downstream, finetune, glue_tasks
 from ernie_cl.cli import main
 from ernie_cl.errors import CheckpointError, ConfigError, CorpusError
-from ernie_cl.trainer import train
+from ernie_cl.evaluation import downstream, finetune, glue_tasks
+from ernie_cl.training.trainer import train
 
 ROOT = Path(__file__).resolve().parent.parent
 MICRO_MODEL = {"model_type": "bert", "hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
@@ -111,9 +111,9 @@ def test_load_encoder_rebuilds_the_trained_model_exactly(loaded, checkpoint, run
     assert info["tasks"] == TASKS and info["global_step"] == 6 and not encoder.training
     # The held-out losses the trainer recorded after the stage come out again from the loaded model,
     # its heads and the cheaply loaded tokenizer (they differ from the untrained ones: not vacuous).
-    from ernie_cl.config import load_model_config, load_schedule
-    from ernie_cl.evaluation import evaluate, trivial_baselines
-    from ernie_cl.preparation import prepare
+    from ernie_cl.config.schedule import load_model_config, load_schedule
+    from ernie_cl.data.preparation import prepare
+    from ernie_cl.training.heldout_eval import evaluate, trivial_baselines
 
     schedule = load_schedule(schedule_file)
     prepared = prepare(schedule, load_model_config(schedule.model, schedule_file.parent), cache_dir, show_progress=False)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from ernie_cl.encoder import ErnieEncoder, build_backbone
+from ernie_cl.data.tokenizer import build_or_load_tokenizer, load_tokenizer
 from ernie_cl.errors import ConfigError
-from ernie_cl.tokenizer import build_or_load_tokenizer, load_tokenizer
+from ernie_cl.model.encoder import ErnieEncoder, build_backbone
 from pretrain_tasks import get_task_class
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 64,

@@ -7,8 +7,8 @@ import copy
 
 import torch
 
-from ernie_cl.config import TrainingConfig
-from ernie_cl.engine import create_engine
+from ernie_cl.config.schedule import TrainingConfig
+from ernie_cl.training.engine import create_engine
 
 
 class Tiny(torch.nn.Module):

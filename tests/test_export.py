@@ -64,7 +64,7 @@ def test_export_folder_holds_config_weights_tokenizer_and_side_file(exported):
 
 
 def test_automodel_in_a_fresh_process_gives_the_toolkits_hidden_states_and_fills_masks(exported, tmp_path):
-    from ernie_cl.downstream import load_encoder
+    from ernie_cl.evaluation.downstream import load_encoder
 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     result = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(exported["out"]), str(tmp_path), json.dumps(TEXTS)],

@@ -68,7 +68,7 @@ def test_training_moved_the_minilm_weights_a_little(continued):
 def test_exported_minilm_gives_the_toolkits_hidden_states(continued):
     from transformers import AutoModel, AutoTokenizer
 
-    from ernie_cl.downstream import load_encoder
+    from ernie_cl.evaluation.downstream import load_encoder
 
     tokenizer = AutoTokenizer.from_pretrained(str(continued["out"]), local_files_only=True)
     model = AutoModel.from_pretrained(str(continued["out"]), local_files_only=True).eval()

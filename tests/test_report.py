@@ -9,8 +9,8 @@ from typing import Any
 
 import pytest
 
-from ernie_cl.continual_metrics import summarize
-from ernie_cl.report import format_mean_std, mean_std, rank, spread_verdict, write_report
+from ernie_cl.evaluation.continual_metrics import summarize
+from ernie_cl.evaluation.report import format_mean_std, mean_std, rank, spread_verdict, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TASKS = ["km", "cap"]

@@ -105,12 +105,12 @@ def test_validate_reads_no_corpus_and_builds_no_model(tmp_path, monkeypatch):
         raise AssertionError("validate must not do heavy work")
 
     import ernie_cl.corpus.loader
-    import ernie_cl.encoder
-    import ernie_cl.tokenizer
+    import ernie_cl.model.encoder
+    import ernie_cl.data.tokenizer
 
     monkeypatch.setattr(ernie_cl.corpus.loader, "load_corpus", forbidden)
-    monkeypatch.setattr(ernie_cl.encoder, "build_backbone", forbidden)
-    monkeypatch.setattr(ernie_cl.tokenizer, "train_wordpiece", forbidden)
+    monkeypatch.setattr(ernie_cl.model.encoder, "build_backbone", forbidden)
+    monkeypatch.setattr(ernie_cl.data.tokenizer, "train_wordpiece", forbidden)
     assert run("validate", str(ROOT / "schedules" / "demo.yaml"))[0] == 0
 
 

@@ -4,9 +4,11 @@ Public API::
 
     corpus = load_corpus("bundled", cache_dir="~/.cache/ernie-cl")
     corpus.train, corpus.heldout, corpus.fingerprint, corpus.stats, corpus.from_cache
+
+May import: ``ernie_cl.errors`` and ``ernie_cl.progress`` only; it is the first room of the data path.
 """
 
 from ernie_cl.corpus.document import Document, Section, Sentence, Span
-from ernie_cl.corpus.loader import SOURCES, Corpus, load_corpus, split_heldout
+from ernie_cl.corpus.loader import Corpus, SOURCES, load_corpus, split_heldout
 
 __all__ = ["SOURCES", "Corpus", "Document", "Section", "Sentence", "Span", "load_corpus", "split_heldout"]

@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ernie_cl.corpus import cache, readers, wiki
-from ernie_cl.corpus import phrases as span_sources
+from ernie_cl.corpus import cache, phrases as span_sources, readers, wiki
 from ernie_cl.corpus.document import Document
 from ernie_cl.corpus.sentences import MAX_SENTENCE_CHARS, RawDocument, build_document
 from ernie_cl.errors import CorpusError
@@ -142,7 +141,7 @@ def _check_options(eval_fraction: float, max_documents: int | None, phrase_min_c
 def _parse(read: Any, stats: Counter, *, max_documents: int | None, use_phrases: bool,
            phrase_min_count: int, phrase_threshold: float, spacy_model: str | None,
            show_progress: bool) -> list[Document]:
-    from ..progress import progress_bar
+    from ernie_cl.progress import progress_bar
 
     nlp = span_sources.load_spacy(spacy_model) if spacy_model else None  # fail before the long parse
     documents: list[Document] = []

@@ -46,8 +46,8 @@ import numpy as np
 import torch
 from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 
-from . import distributed, faults
-from .errors import CheckpointError, TrainingError
+from ernie_cl.errors import CheckpointError, TrainingError
+from ernie_cl.training import distributed, faults
 
 STATE_FILE = "trainer_state.json"
 POINTER = "latest"

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .continual_metrics import summarize
+from ernie_cl.evaluation.continual_metrics import summarize
 
 NO_SPREAD = "no seed spread (one seed)"
 

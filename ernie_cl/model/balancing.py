@@ -58,8 +58,7 @@ from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
-from .config_messages import _hint
-from .errors import ConfigError
+from ernie_cl.errors import ConfigError, did_you_mean
 
 Losses = Mapping[str, Tensor]
 Combined = tuple[Tensor, dict[str, float]]  # (loss to back-propagate, weight per task in the step)
@@ -99,7 +98,7 @@ def register(cls: type[Balancer]) -> type[Balancer]:
 
 def _lookup(method: Any) -> type[Balancer]:
     if not isinstance(method, str) or method not in _REGISTRY:
-        raise BalancingError(f"balancing: unknown method '{method}'{_hint(method, _REGISTRY)}; "
+        raise BalancingError(f"balancing: unknown method '{method}'{did_you_mean(method, _REGISTRY)}; "
                              f"known: {', '.join(_REGISTRY)}")
     return _REGISTRY[method]
 
@@ -109,14 +108,14 @@ def check_options(method: str, options: Mapping[str, Any], tasks: Optional[Seque
     known = _lookup(method).OPTIONS
     for key, value in options.items():
         if key not in known:
-            raise BalancingError(f"balancing ({method}): unknown option '{key}'{_hint(key, known)}; "
+            raise BalancingError(f"balancing ({method}): unknown option '{key}'{did_you_mean(key, known)}; "
                                  f"known options: {', '.join(known) or 'none'}")
         if not known[key].accepts(value):
             raise BalancingError(f"balancing ({method}): option '{key}' must be {known[key].need}, got {value!r}")
     for task in options.get("weights", {}) if tasks is not None else ():
         if task not in tasks:
             raise BalancingError(f"balancing ({method}): weights for task '{task}' not in this stage"
-                                 f"{_hint(task, tasks)}; stage tasks: {', '.join(tasks)}")
+                                 f"{did_you_mean(task, tasks)}; stage tasks: {', '.join(tasks)}")
 
 
 def validate_balancing(spec: Optional[Mapping[str, Any]], tasks: Optional[Sequence[str]] = None) -> None:

@@ -2,9 +2,9 @@
 
 ``load_encoder`` rebuilds the pre-trained model from ``RUN/checkpoints/<tag>/`` alone: the run's
 configs come from the checkpoint's ``trainer_state.json`` (``identity``), the tokenizer from the
-cache ``preparation.schedule_tokenizer`` keeps (rebuilt from the corpus on a cache miss; no task
+cache ``data.preparation.schedule_tokenizer`` keeps (rebuilt from the corpus on a cache miss; no task
 examples are built), the weights from ``mp_rank_00_model_states.pt``, or the consolidated ZeRO-3
-shards (``checkpoint.model_weights``; read with ``weights_only=True``).
+shards (``training.checkpoint.model_weights``; read with ``weights_only=True``).
 
 Two ways to measure what the encoder learnt:
 
@@ -13,8 +13,8 @@ Two ways to measure what the encoder learnt:
   seeded stratified k-fold. ``probe_pang_lee`` runs it on the 200 movie-review sentences that
   gensim ships, so it needs no download.
 - ``finetune``: the whole encoder (a copy) plus a fresh head, trained with AdamW and linear
-  warm-up/decay on a GLUE-style task, scored on dev: ``ernie_cl/finetune.py``, with the task
-  formats in ``ernie_cl/glue_tasks.py``.
+  warm-up/decay on a GLUE-style task, scored on dev: ``ernie_cl/evaluation/finetune.py``, with the task
+  formats in ``ernie_cl/evaluation/glue_tasks.py``.
 
 Everything is deterministic given the seed and leaves the caller's global RNG untouched.
 """
@@ -30,9 +30,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .encoder import ErnieEncoder
-from .errors import CheckpointError, ConfigError, CorpusError
-from .tokenizer import TextTokenizer
+from ernie_cl.data.tokenizer import TextTokenizer
+from ernie_cl.errors import CheckpointError, ConfigError, CorpusError
+from ernie_cl.model.encoder import ErnieEncoder
 
 WEIGHTS_FILE = "mp_rank_00_model_states.pt"
 Loaded = tuple[ErnieEncoder, TextTokenizer, dict[str, Any]]
@@ -52,10 +52,10 @@ def load_encoder(checkpoint: PathLike, cache_dir: Optional[PathLike] = None,
 
     from pretrain_tasks import get_task_class
 
-    from . import checkpoint as ckpt
-    from .config import ScheduleConfig
-    from .encoder import build_backbone
-    from .preparation import default_cache_dir, load_schedule_corpus, schedule_tokenizer
+    from ernie_cl.config.schedule import ScheduleConfig
+    from ernie_cl.data.preparation import default_cache_dir, load_schedule_corpus, schedule_tokenizer
+    from ernie_cl.model.encoder import build_backbone
+    from ernie_cl.training import checkpoint as ckpt
 
     folder = _checkpoint_folder(Path(checkpoint))
     state = ckpt.read_state(folder) or {}
@@ -98,7 +98,7 @@ def load_encoder(checkpoint: PathLike, cache_dir: Optional[PathLike] = None,
 
 
 def _checkpoint_folder(path: Path) -> Path:
-    from . import checkpoint as ckpt
+    from ernie_cl.training import checkpoint as ckpt
 
     if not path.is_dir():
         raise CheckpointError(f"checkpoint '{path}' does not exist; pass RUN/checkpoints/<tag> or a run folder")

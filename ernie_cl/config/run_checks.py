@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
-from .config import (ScheduleConfig, _check_heads, _one_line_errors, load_deepspeed_config, load_model_config,
-                     load_schedule, resolve_config_file)
-from .config_messages import _hint, _key
-from .errors import ConfigError
+from ernie_cl.config.schedule import (ScheduleConfig, _check_heads, _one_line_errors, load_deepspeed_config,
+                                      load_model_config, load_schedule, resolve_config_file)
+from ernie_cl.config.messages import _key
+from ernie_cl.errors import ConfigError, did_you_mean
 
 
 # --- the whole run's configuration, checked before any heavy work -------------------------------
@@ -83,7 +83,7 @@ def check_model_fits(schedule: ScheduleConfig, model_cfg: dict[str, Any], model_
 
         model_type = model_cfg["model_type"]
         if model_type not in CONFIG_MAPPING_NAMES:
-            raise ConfigError(f"{model_path}: model_type: unknown model type '{model_type}'{_hint(model_type, CONFIG_MAPPING_NAMES)}; "
+            raise ConfigError(f"{model_path}: model_type: unknown model type '{model_type}'{did_you_mean(model_type, CONFIG_MAPPING_NAMES)}; "
                               "use a Hugging Face model type such as bert, roberta or ernie")
         try:
             config = AutoConfig.for_model(model_type, **{k: v for k, v in model_cfg.items() if k != "model_type"})
@@ -139,7 +139,7 @@ def check_task_options(schedule: ScheduleConfig, model_cfg: dict[str, Any], wher
         for key in options:
             if key not in cls.default_options:
                 known = ", ".join(sorted(cls.default_options)) or "none"
-                raise ConfigError(f"{where}: tasks.{name}.options.{_key(key)}: unknown option{_hint(key, cls.default_options)}; "
+                raise ConfigError(f"{where}: tasks.{name}.options.{_key(key)}: unknown option{did_you_mean(key, cls.default_options)}; "
                                   f"known options of {name}: {known}")
         task = cls.__new__(cls)  # only what validate_options reads: no tokenizer, no heavy set-up
         task.options = {**cls.default_options, **options}

@@ -22,8 +22,8 @@ from typing import Any, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
-from .downstream import PathLike, stratified_folds
-from .errors import ConfigError, CorpusError
+from ernie_cl.errors import ConfigError, CorpusError
+from ernie_cl.evaluation.downstream import PathLike, stratified_folds
 
 
 # --- GLUE-style tasks ----------------------------------------------------------------------------

@@ -19,7 +19,7 @@ Every strategy is trained with every seed into ``OUT/runs/<strategy>/seed-<s>/``
 the held-out examples of every task after every stage (the accuracy matrix R), then on downstream
 tasks. Re-invoking with the same ``--out`` reuses finished runs and resumes interrupted ones from
 their checkpoints. ``OUT/results.json`` holds everything; ``OUT/report.md`` and the PNG plots are
-drawn from it (``ernie_cl/report.py``).
+drawn from it (``ernie_cl/evaluation/report.py``).
 
 ``--balancing`` trains every strategy once per loss-weighting method. Balancing acts only on steps
 that train several tasks, which are the fused steps, so shared forward passes then stay as the
@@ -35,12 +35,11 @@ from typing import Any, Callable, Optional
 
 import yaml
 
-from .checkpoint import write_json_durably
-from .config import ScheduleConfig, load_schedule, resolve_config_file
-from .continual_metrics import summarize
-from .curriculum import allocate_budgets
-from .preparation import plan_stages
-from .errors import ConfigError
+from ernie_cl.config.budgets import allocate_budgets, plan_stages
+from ernie_cl.config.schedule import ScheduleConfig, load_schedule, resolve_config_file
+from ernie_cl.errors import ConfigError
+from ernie_cl.evaluation.continual_metrics import summarize
+from ernie_cl.training.checkpoint import write_json_durably
 
 STRATEGIES = ("sequential", "continual", "joint", "pairwise")
 
@@ -145,14 +144,14 @@ def run_comparison(
             raise ConfigError(f"unknown strategy '{strategy}'; choose from {', '.join(STRATEGIES)}")
     if not strategies:
         raise ConfigError("--strategies is empty; name at least one of " + ", ".join(STRATEGIES))
-    from .balancing import validate_balancing
+    from ernie_cl.model.balancing import validate_balancing
 
     for method in balancing:
         validate_balancing({"method": method})
-    from .downstream import probe_pang_lee
-    from .finetune import finetune
-    from .report import write_report
-    from .trainer import train
+    from ernie_cl.evaluation.downstream import probe_pang_lee
+    from ernie_cl.evaluation.finetune import finetune
+    from ernie_cl.evaluation.report import write_report
+    from ernie_cl.training.trainer import train
 
     schedule_path, out_dir = Path(schedule_path), Path(out_dir)
     schedule = load_schedule(schedule_path)

@@ -8,7 +8,7 @@ before any heavy work; every problem becomes one ``ConfigError`` line naming the
     load_schedule(path)   # YAML + schema + cross-field checks (task names, budgets, stages)
     run_checks.check_run(path)   # the above + model, DeepSpeed and task-option checks (`ernie-cl validate`)
 
-Messages and strict YAML reading live in ``config_messages.py``.
+Messages and strict YAML reading live in ``config/messages.py``; per-stage budgets in ``config/budgets.py``.
 
 Decisions (errors unless marked as accepted):
 - Unknown keys (a close match is suggested), wrong types (no silent coercion: ``true`` is not an
@@ -39,10 +39,10 @@ from typing import Annotated, Any, Literal, Optional, Union
 from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError, ValidationInfo,
                       field_validator, model_validator)
 
-from .config_messages import _LINE_BREAKS, _explain, _hint, _key, _kind, _one_line, _show, read_yaml
-from .errors import ConfigError
+from ernie_cl.config.messages import _At, _explain, _key, _kind, _LINE_BREAKS, _one_line, _show, read_yaml
+from ernie_cl.errors import ConfigError, did_you_mean
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # ernie_cl/config/schedule.py -> the checkout
 
 
 def _no_bool(value: Any) -> Any:
@@ -55,14 +55,6 @@ Int = Annotated[int, Strict()]  # YAML `true` or "8" is not silently an integer
 Number = Annotated[float, BeforeValidator(_no_bool), Field(allow_inf_nan=False)]  # "1e-3" (a YAML string) is fine
 Bool = Annotated[bool, Strict()]
 Beta = Annotated[float, BeforeValidator(_no_bool), Field(ge=0, lt=1)]
-
-
-class _At(ValueError):
-    """A validator's error located at ``path`` below the validator's own location."""
-
-    def __init__(self, path: str, message: str):
-        super().__init__(message)
-        self.path = path
 
 
 class _Strict(BaseModel):
@@ -136,7 +128,7 @@ class StageConfig(_Strict):
 
     @model_validator(mode="after")
     def _balancing_fits(self) -> "StageConfig":
-        from .balancing import BalancingError, validate_balancing
+        from ernie_cl.model.balancing import BalancingError, validate_balancing
 
         try:
             validate_balancing(self.balancing, self.task_names)
@@ -232,11 +224,11 @@ class ScheduleConfig(_Strict):
             for j, task in enumerate(stage.task_names):
                 if task not in known:
                     where = f"stages[{i}].tasks.{_key(task)}" if isinstance(stage.tasks, dict) else f"stages[{i}].tasks[{j}]"
-                    raise _At(where, f"unknown task {_show(task)}{_hint(task, known)}; known tasks: {', '.join(sorted(known))}")
+                    raise _At(where, f"unknown task {_show(task)}{did_you_mean(task, known)}; known tasks: {', '.join(sorted(known))}")
         used = self.task_names()
         for task in self.tasks:
             if task not in known:
-                raise _At(f"tasks.{_key(task)}", f"unknown task {_show(task)}{_hint(task, known)}; known tasks: {', '.join(sorted(known))}")
+                raise _At(f"tasks.{_key(task)}", f"unknown task {_show(task)}{did_you_mean(task, known)}; known tasks: {', '.join(sorted(known))}")
             if task not in used:
                 raise _At(f"tasks.{_key(task)}", "configured but used in no stage; add it to a stage or remove it")
 
@@ -289,7 +281,7 @@ def _load_schedule(path: Path) -> ScheduleConfig:
         # an unknown key (often a misspelt one) explains a "required key is missing" better than it does
         errors.sort(key=lambda e: e["type"] not in ("extra_forbidden", "invalid_key"))
         more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
-        raise ConfigError(f"{path}: {_explain(errors[0], data)}{more}") from None
+        raise ConfigError(f"{path}: {_explain(errors[0], data, ScheduleConfig)}{more}") from None
 
 
 def resolve_config_file(value: str, kind: str, suffix: str, relative_to: Optional[Path] = None) -> Path:

@@ -18,12 +18,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .encoder import ErnieEncoder
-from .errors import ConfigError
+from ernie_cl.errors import ConfigError
+from ernie_cl.model.encoder import ErnieEncoder
 
 
-from .downstream import Loaded, PathLike, _loaded, _pool, _resolve_max_len, _check_pooling, _check_task_id, _pad, encode_texts
-from .glue_tasks import GlueTask, load_glue_task
+from ernie_cl.evaluation.downstream import (Loaded, PathLike, _check_pooling, _check_task_id, _loaded, _pad, _pool,
+                                            _resolve_max_len, encode_texts)
+from ernie_cl.evaluation.glue_tasks import GlueTask, load_glue_task
 
 
 # --- fine-tuning ---------------------------------------------------------------------------------
@@ -146,7 +147,7 @@ def _optimizer(model: _FineTuned, lr: float, weight_decay: float, steps: int, wa
 
 
 def _progress(total: int, name: str, enabled: bool):
-    from .progress import progress_bar
+    from ernie_cl.progress import progress_bar
 
     return progress_bar(total=total, desc=f"fine-tuning {name}", unit="step", disable=not enabled)
 

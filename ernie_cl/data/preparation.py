@@ -11,11 +11,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
-from .config import ScheduleConfig
-from .curriculum import Stage, allocate_budgets, fuse_token_tasks
-from .corpus import Corpus, load_corpus
-from .data import cached_examples
-from .tokenizer import TextTokenizer, build_or_load_tokenizer, load_tokenizer
+from ernie_cl.config.budgets import Stage, plan_stages
+from ernie_cl.config.schedule import ScheduleConfig
+from ernie_cl.corpus import Corpus, load_corpus
+from ernie_cl.data.examples import cached_examples
+from ernie_cl.data.tokenizer import TextTokenizer, build_or_load_tokenizer, load_tokenizer
 
 
 def default_cache_dir() -> Path:
@@ -64,15 +64,6 @@ def schedule_tokenizer(schedule: ScheduleConfig, corpus: Corpus, cache_dir: Path
         return load_tokenizer(model_cfg["pretrained"])
     texts = (s.text for d in corpus.train for s in d.sentences())
     return build_or_load_tokenizer(texts, corpus.fingerprint, cache_dir, vocab_size=t.vocab_size, lowercase=t.lowercase)
-
-
-def plan_stages(schedule: ScheduleConfig) -> list[Stage]:
-    """Per-stage budgets, with the token-level tasks that share forward passes marked."""
-    from pretrain_tasks import get_task_class
-    from pretrain_tasks._packed import PackedTokenTask
-
-    fusable = {t for t in schedule.task_names() if issubclass(get_task_class(t), PackedTokenTask)}
-    return fuse_token_tasks(allocate_budgets(schedule), fusable if schedule.training.fuse_token_tasks else set())
 
 
 def prepare(

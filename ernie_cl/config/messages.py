@@ -15,13 +15,17 @@ from typing import Any, Union, get_args, get_origin
 import yaml
 from pydantic import BaseModel
 
-from .errors import ConfigError
+from ernie_cl.errors import ConfigError, did_you_mean
 
 
 # --- error messages ---------------------------------------------------------------------------
-def _hint(word: Any, known: Any) -> str:
-    close = difflib.get_close_matches(str(word), [str(k) for k in known], n=1)
-    return f" (did you mean '{close[0]}'?)" if close else ""
+class _At(ValueError):
+    """Raised by a schema validator: its error, located at ``path`` below the validator's own
+    location (``_explain`` puts the two together)."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(message)
+        self.path = path
 
 
 _LINE_BREAKS = re.compile("[\n\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029]")
@@ -80,9 +84,9 @@ _BOUNDS = {"greater_than": ("gt", "greater than"), "greater_than_equal": ("ge", 
            "less_than": ("lt", "less than"), "less_than_equal": ("le", "at most")}
 
 
-def _explain(error: dict, data: Any) -> str:
-    """One pydantic error as ``key.path: what was expected, got VALUE``."""
-    from .config import _At  # the schema raises it; imported here to keep the modules acyclic at import time
+def _explain(error: dict, data: Any, schema: type[BaseModel]) -> str:
+    """One pydantic error as ``key.path: what was expected, got VALUE``; ``schema``: the model that
+    validated ``data`` (where the close-match hint for an unknown key looks up the allowed keys)."""
 
     where, kept = _path(tuple(error["loc"]), data)
     kind, ctx = error["type"], error.get("ctx") or {}
@@ -91,7 +95,7 @@ def _explain(error: dict, data: Any) -> str:
         return f"{_join(where, ctx['error'].path)}: {ctx['error']}"
     where = where or "(top level)"
     if kind == "extra_forbidden":
-        known = _known_keys(kept[:-1])
+        known = _known_keys(schema, kept[:-1])
         hint = difflib.get_close_matches(str(kept[-1]), known, n=1)
         suggestion = f"; did you mean '{hint[0]}'?" if hint else (f"; known keys: {', '.join(known)}" if known else "")
         return f"{where}: unknown key{suggestion}"
@@ -107,7 +111,7 @@ def _explain(error: dict, data: Any) -> str:
         return f"{where}: expected a value {words} {ctx.get(key)}{got}"
     if kind == "literal_error":
         options = re.findall(r"'([^']*)'", str(ctx.get("expected", "")))
-        return f"{where}: expected one of {', '.join(options)}{got}{_hint(error.get('input'), options)}"
+        return f"{where}: expected one of {', '.join(options)}{got}{did_you_mean(error.get('input'), options)}"
     if kind == "too_short":
         return f"{where}: expected at least {ctx.get('min_length')} item(s){got}"
     if kind == "too_long":
@@ -115,11 +119,9 @@ def _explain(error: dict, data: Any) -> str:
     return f"{where}: {re.sub(r'^(Value error|Assertion failed), ', '', error['msg'])}"
 
 
-def _known_keys(loc: list[Any]) -> list[str]:
-    """The keys the schema allows at ``loc`` (a path of keys and indices below the top level)."""
-    from .config import ScheduleConfig
-
-    current: Any = ScheduleConfig
+def _known_keys(schema: type[BaseModel], loc: list[Any]) -> list[str]:
+    """The keys ``schema`` allows at ``loc`` (a path of keys and indices below the top level)."""
+    current: Any = schema
     skip = False  # the next part is a dict key or list index, not a field
     for part in loc:
         if skip or isinstance(part, int):

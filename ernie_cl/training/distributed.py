@@ -28,7 +28,7 @@ from typing import Any, Iterator, Mapping, Optional
 
 import torch
 
-from .errors import ConfigError
+from ernie_cl.errors import ConfigError
 
 LOG_EXAMPLES_ENV = "ERNIE_CL_LOG_EXAMPLES"
 
@@ -56,7 +56,7 @@ def _multi() -> bool:
 def start() -> None:
     """Join the process group (rank 0 of 1 without a launcher). Ranks other than 0 print nothing
     to stdout: rank 0 reports for the run (errors still reach stderr from every rank)."""
-    from .engine import init_distributed
+    from ernie_cl.training.engine import init_distributed
 
     if torch.cuda.is_available():  # one GPU per rank, chosen before NCCL's first collective
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
@@ -167,7 +167,7 @@ class ExampleLog:
         self.positions = {name: s.position for name, s in streams.items()}
         self.file = None
         if os.environ.get(LOG_EXAMPLES_ENV) == "1":
-            from .logging_sinks import MetricsLog
+            from ernie_cl.training.metric_sinks import MetricsLog
 
             (Path(run_dir) / "examples").mkdir(parents=True, exist_ok=True)
             self.file = MetricsLog(Path(run_dir) / "examples" / f"rank-{rank():02d}.jsonl", keep_until_step)

@@ -1,10 +1,6 @@
 """The curriculum: which task trains at every step of every stage, with budgets spent exactly.
 
-Budget allocation (``allocation: ernie2``, after olfmlm's reproduction of ERNIE 2.0's table): with S
-stages, each task's total budget N is split into S + 1 units; the task gets one unit in every stage
-it takes part in after its first, and the rest (``N - units_later``) in the stage that introduces it.
-For S = 4 tasks of 50k introduced one per stage this gives 20/0/0/0, 10/30/0/0, 10/10/40/0,
-10/10/10/50 (thousands), the published table. ``allocation: explicit`` takes per-stage budgets as given.
+The per-stage budgets come from ``config.budgets`` (the ERNIE 2.0 allocation).
 
 Mixing within a stage: the task of each step is drawn with probability proportional to the budget
 it has left in the stage. Drawing without replacement in proportion to what is left is exactly a
@@ -25,22 +21,7 @@ from typing import Iterator
 
 import numpy as np
 
-from .config import ScheduleConfig
-from .errors import ConfigError
-
-
-@dataclass(frozen=True)
-class Stage:
-    index: int
-    name: str
-    budgets: dict[str, int]  # task -> iterations in this stage, in the schedule's task order
-    fused: tuple[str, ...] = ()  # co-active token-level tasks that share one forward pass
-
-    @property
-    def steps(self) -> int:
-        """Optimizer steps in the stage: a fused step spends one iteration of each of its tasks."""
-        unfused = sum(n for t, n in self.budgets.items() if t not in self.fused)
-        return unfused + (max(self.budgets[t] for t in self.fused) if self.fused else 0)
+from ernie_cl.config.budgets import Stage
 
 
 @dataclass(frozen=True)
@@ -53,44 +34,6 @@ class Step:
     @property
     def task(self) -> str:
         return "+".join(self.tasks)
-
-
-def fuse_token_tasks(stages: list[Stage], fusable: set[str]) -> list[Stage]:
-    """Mark, in every stage, the co-active tasks that can share one forward pass (two or more)."""
-    out = []
-    for stage in stages:
-        group = tuple(t for t in stage.budgets if t in fusable)
-        out.append(Stage(stage.index, stage.name, stage.budgets, group if len(group) >= 2 else ()))
-    return out
-
-
-def allocate_budgets(schedule: ScheduleConfig) -> list[Stage]:
-    """Per-stage iteration budgets for every task of the schedule."""
-    order = schedule.task_names()
-    if schedule.allocation == "explicit":
-        return [
-            Stage(i, s.name, {t: int(s.tasks[t]) for t in order if t in s.task_names})  # type: ignore[index]
-            for i, s in enumerate(schedule.stages)
-        ]
-    n_stages = len(schedule.stages)
-    per_stage: list[dict[str, int]] = [{} for _ in schedule.stages]
-    for task in order:
-        total = int(schedule.tasks[task].iterations)  # validated present for ernie2
-        stages_in = [i for i, s in enumerate(schedule.stages) if task in s.task_names]
-        unit = max(1, total // (n_stages + 1))
-        first = total - unit * (len(stages_in) - 1)
-        if first < 1:
-            raise ConfigError(
-                f"task '{task}': {total} iterations are too few to spread over its {len(stages_in)} stages; "
-                f"give it at least {unit * (len(stages_in) - 1) + 1}"
-            )
-        per_stage[stages_in[0]][task] = first
-        for i in stages_in[1:]:
-            per_stage[i][task] = unit
-    return [
-        Stage(i, s.name, {t: per_stage[i][t] for t in order if t in per_stage[i]})
-        for i, s in enumerate(schedule.stages)
-    ]
 
 
 class Curriculum:

@@ -14,8 +14,8 @@ from typing import Any
 
 import torch
 
-from .config import TrainingConfig
-from .errors import ConfigError
+from ernie_cl.config.schedule import TrainingConfig
+from ernie_cl.errors import ConfigError
 
 
 def _free_port() -> int:

@@ -17,21 +17,20 @@ from typing import Any, Optional
 
 import torch
 
-from . import checkpoint as ckpt
-from . import distributed, faults
-from .balancing import balancer_from_spec
-from .config import load_deepspeed_config, load_model_config, load_schedule
-from .curriculum import Curriculum, Step
-from .data import ExampleStream, to_device
-from .encoder import ErnieEncoder, build_backbone
-from .engine import create_engine, name_accelerator
-from .errors import CheckpointError, TrainingError
-from .evaluation import evaluate, trivial_baselines
-from .export import restore_extras
-from .logging_sinks import MetricsLog, WandbSink, print_eval_table
-from .preparation import default_cache_dir, prepare
-from .progress import progress_bar
-from .stopping import GracefulStop, StopRequested
+from ernie_cl.config.schedule import load_deepspeed_config, load_model_config, load_schedule
+from ernie_cl.data.examples import ExampleStream, to_device
+from ernie_cl.data.preparation import default_cache_dir, prepare
+from ernie_cl.errors import CheckpointError, TrainingError
+from ernie_cl.model.balancing import balancer_from_spec
+from ernie_cl.model.encoder import ErnieEncoder, build_backbone
+from ernie_cl.model.extras import restore_extras
+from ernie_cl.progress import progress_bar
+from ernie_cl.training import checkpoint as ckpt, distributed, faults
+from ernie_cl.training.curriculum import Curriculum, Step
+from ernie_cl.training.engine import create_engine, name_accelerator
+from ernie_cl.training.heldout_eval import evaluate, trivial_baselines
+from ernie_cl.training.metric_sinks import MetricsLog, WandbSink, print_eval_table
+from ernie_cl.training.stopping import GracefulStop, StopRequested
 
 
 def train(

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from .data import eval_batches, eval_indices, to_device
+from ernie_cl.data.examples import eval_batches, eval_indices, to_device
 
 
 def trivial_baselines(tasks: dict[str, Any], eval_sets: dict[str, Any], limit: int) -> dict[str, float]:

@@ -17,8 +17,8 @@ from typing import Any, Optional, Sequence
 import torch
 from torch import nn
 
-from .errors import ConfigError
-from .tokenizer import TextTokenizer
+from ernie_cl.data.tokenizer import TextTokenizer
+from ernie_cl.errors import ConfigError
 
 
 def build_backbone(model_cfg: dict[str, Any], tokenizer: TextTokenizer, seq_len: int) -> nn.Module:
