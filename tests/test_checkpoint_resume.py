@@ -1,7 +1,7 @@
 """Exact resume and crash-safe checkpoints, with real processes killed by real signals.
 
 Every run here is the ``ernie-cl train`` CLI in a subprocess on a micro model (12 steps in two
-stages, a checkpoint every 3 steps). Faults are armed with ``ERNIE_CL_FAULT`` (ernie_cl/training/faults.py):
+stages, a checkpoint every 3 steps). Faults are armed with ``ERNIE_CL_FAULT`` (ernie_cl/faults.py):
 SIGKILL at a step, at a stage boundary, or while a checkpoint is being written; SIGTERM for a
 graceful stop. Each resumed run must reproduce the uninterrupted run's metrics.jsonl losses and its
 final weights bitwise; a negative control shows the comparison catches a resume that skips the data

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from datasets import Dataset
-
+from ernie_cl.data.example_store import write_set
 from ernie_cl.data.examples import ExampleStream, IGNORE, build_examples, cached_examples, collate, eval_indices
 from ernie_cl.errors import CorpusError
 from pretrain_tasks import get_task_class
@@ -54,9 +53,9 @@ def test_collate_pads_ids_and_labels():
     assert sentence["labels"]["s"].tolist() == [[2], [0]]
 
 
-def test_stream_visits_every_example_once_per_epoch_and_resumes_exactly():
-    data = Dataset.from_dict({"input_ids": [[i, i] for i in range(10)], "token_type_ids": [[0, 0]] * 10,
-                              "labels": [[i] for i in range(10)]})
+def test_stream_visits_every_example_once_per_epoch_and_resumes_exactly(tmp_path):
+    data = write_set(tmp_path, {"input_ids": [[i, i] for i in range(10)], "token_type_ids": [[0, 0]] * 10,
+                                "labels": [[i] for i in range(10)]}, sep_id=99)
     stream = ExampleStream(data, batch_size=4, seed=1, task_name="t", pad_id=0, sentence_level=True)
     seen = [stream.next_batch()["labels"]["t"][:, 0].tolist() for _ in range(5)]  # 20 examples = 2 epochs
     flat = [x for batch in seen for x in batch]
@@ -67,10 +66,10 @@ def test_stream_visits_every_example_once_per_epoch_and_resumes_exactly():
     assert [resumed.next_batch()["labels"]["t"][:, 0].tolist() for _ in range(3)] == seen[2:]
 
 
-def test_length_grouping_regroups_the_same_examples_within_each_window_and_resumes_exactly():
+def test_length_grouping_regroups_the_same_examples_within_each_window_and_resumes_exactly(tmp_path):
     lengths = [(i * 7) % 13 + 1 for i in range(40)]
-    data = Dataset.from_dict({"input_ids": [[5] * n for n in lengths], "token_type_ids": [[0] * n for n in lengths],
-                              "labels": [[i] for i in range(40)]})
+    data = write_set(tmp_path, {"input_ids": [[5] * n for n in lengths], "token_type_ids": [[0] * n for n in lengths],
+                                "labels": [[i] for i in range(40)]}, sep_id=99)
     plain = ExampleStream(data, batch_size=4, seed=2, task_name="t", pad_id=0, sentence_level=True)
     grouped = ExampleStream(data, batch_size=4, seed=2, task_name="t", pad_id=0, sentence_level=True, group=3)
     plain_batches = [plain.next_batch() for _ in range(12)]
@@ -96,7 +95,7 @@ def test_eval_subset_is_spread_over_the_whole_set():
     assert len(chosen) == 10 and chosen[0] == 0 and chosen[-1] == 999 and np.all(np.diff(chosen) > 50)
 
 
-def test_fused_examples_carry_every_members_labels_on_the_masked_input(tokenizer, many_documents):
+def test_fused_examples_carry_every_members_labels_on_the_masked_input(tokenizer, many_documents, tmp_path):
     from pretrain_tasks._packed import FusedPackedTasks
 
     masking = get_task_class("knowledge_masking")(tokenizer, 64)
@@ -114,5 +113,5 @@ def test_fused_examples_carry_every_members_labels_on_the_masked_input(tokenizer
         assert targets and all(km[i] == plain[i] for i in targets)  # masking targets are the original ids
         assert any(ids[i] == tokenizer.mask_id for i in targets) or len(targets) < 3
         assert all(ids[i] == plain[i] for i in range(len(ids)) if km[i] == IGNORE)  # only targets corrupted
-    stream = ExampleStream(Dataset.from_dict(built), batch_size=3, seed=0, task_name=fused.name, pad_id=0, sentence_level=False)
+    stream = ExampleStream(write_set(tmp_path, built, tokenizer.sep_id), batch_size=3, seed=0, task_name=fused.name, pad_id=0, sentence_level=False)
     assert set(stream.next_batch()["labels"]) == {"capitalization", "knowledge_masking"}

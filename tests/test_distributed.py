@@ -142,13 +142,12 @@ def test_resume_with_another_number_of_processes_is_refused_in_one_line(full):
 
 # --- pieces, with a real gloo process group --------------------------------------------------------
 
-def test_stream_shards_are_disjoint_and_cover_the_set():
-    from datasets import Dataset
-
+def test_stream_shards_are_disjoint_and_cover_the_set(tmp_path):
+    from ernie_cl.data.example_store import write_set
     from ernie_cl.data.examples import ExampleStream
 
-    data = Dataset.from_dict({"input_ids": [[2, i, 3] for i in range(10)], "token_type_ids": [[0, 0, 0]] * 10,
-                              "labels": [[-100, 1, -100]] * 10})
+    data = write_set(tmp_path, {"input_ids": [[2, i, 3] for i in range(10)], "token_type_ids": [[0, 0, 0]] * 10,
+                                "labels": [[-100, 1, -100]] * 10}, sep_id=3)
     shards = [ExampleStream(data, 5, 0, "t", 0, False, rank=r, world=2).indices(0, 5) for r in (0, 1)]
     assert sorted(shards[0] + shards[1]) == list(range(10))
     control = [ExampleStream(data, 5, 0, "t", 0, False).indices(0, 5) for _ in (0, 1)]  # unsharded: both the same

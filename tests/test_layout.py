@@ -23,15 +23,17 @@ ALLOWED = {
     "ernie_cl.corpus": ("ernie_cl.errors", "ernie_cl.progress"),
     "pretrain_tasks": ("ernie_cl.errors", "ernie_cl.corpus", "ernie_cl.data.tokenizer"),
     "ernie_cl.config": ("ernie_cl.errors", "pretrain_tasks", "ernie_cl.model.balancing"),
-    "ernie_cl.data": ("ernie_cl.errors", "ernie_cl.progress", "ernie_cl.config", "ernie_cl.corpus", "pretrain_tasks"),
+    "ernie_cl.data": ("ernie_cl.errors", "ernie_cl.progress", "ernie_cl.faults", "ernie_cl.config", "ernie_cl.corpus",
+                      "pretrain_tasks"),
     "ernie_cl.model": ("ernie_cl.errors", "ernie_cl.data.tokenizer"),
-    "ernie_cl.training": ("ernie_cl.errors", "ernie_cl.progress", "ernie_cl.config", "ernie_cl.corpus", "ernie_cl.data",
-                          "ernie_cl.model", "pretrain_tasks"),
+    "ernie_cl.training": ("ernie_cl.errors", "ernie_cl.progress", "ernie_cl.faults", "ernie_cl.config", "ernie_cl.corpus",
+                          "ernie_cl.data", "ernie_cl.model", "pretrain_tasks"),
     "ernie_cl.evaluation": ("ernie_cl.errors", "ernie_cl.progress", "ernie_cl.config", "ernie_cl.corpus", "ernie_cl.data",
                             "ernie_cl.model", "ernie_cl.training", "pretrain_tasks"),
     "ernie_cl.export": ("ernie_cl.errors", "ernie_cl.model", "ernie_cl.evaluation"),
     "ernie_cl.errors": (),
     "ernie_cl.progress": (),
+    "ernie_cl.faults": (),
 }
 
 

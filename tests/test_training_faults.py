@@ -1,6 +1,6 @@
 """Training faults: NaN losses are skipped and counted, too many in a row stop the run with the last
 good checkpoint intact, and a full disk while saving leaves the previous checkpoints intact. Real
-runs of the CLI, faults injected with ERNIE_CL_FAULT (ernie_cl/training/faults.py)."""
+runs of the CLI, faults injected with ERNIE_CL_FAULT (ernie_cl/faults.py)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,10 @@
 """Cached example sets and resumable per-task batch streams.
 
-Examples are built once per (corpus, tokenizer, task configuration, seed, split) and cached as
-Hugging Face ``datasets`` Arrow files under ``CACHE/examples/<task>/<fingerprint>/``; a second run
-loads them memory-mapped. Each document's examples come from an RNG seeded by
-(seed, task, document id), so a build is reproducible and independent of document order.
+Examples are built once per (corpus, tokenizer, task configuration, seed, split) and cached under
+``CACHE/examples/<task>/<split>-<fingerprint>/`` as one compact Arrow file per document shard, each
+written by the worker process that built it (``example_store``); a second run opens them
+memory-mapped. Each document's examples come from an RNG seeded by (seed, task, document id), so a
+build is reproducible and independent of document order, shard layout and number of workers.
 
 A task's stream is a function of its position alone: the example at position q is
 ``shard[perm_e[q mod N]]`` with ``e = q // N``, ``perm_e`` a permutation seeded by (seed, task, e)
@@ -17,26 +18,27 @@ padding (sentence pairs vary from a dozen tokens to ``seq_len``).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import multiprocessing
 import os
 import random
-import shutil
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 import torch
 
 from ernie_cl.corpus.document import Document
+from ernie_cl.data import example_store as store
 from ernie_cl.errors import CorpusError, DataBuildError, ErnieClError
 
 INPUT_COLUMNS = ("input_ids", "token_type_ids")
 IGNORE = -100
+SHARD_CHARS = 1_000_000  # about 1 MB of text a shard: the unit of parallel work, of resuming, and of one file
 
 
 def columns_of(task) -> tuple[str, ...]:
@@ -45,14 +47,10 @@ def columns_of(task) -> tuple[str, ...]:
     return INPUT_COLUMNS + tuple(getattr(task, "label_columns", ("labels",)))
 
 
-def _features(columns: tuple[str, ...]):
-    from datasets import Features, Sequence, Value
-
-    return Features({c: Sequence(Value("int32")) for c in columns})
-
-
-def examples_fingerprint(task, corpus_fingerprint: str, tokenizer_fingerprint: str, seed: int, split: str) -> str:
-    payload = json.dumps([task.fingerprint_data(), corpus_fingerprint, tokenizer_fingerprint, seed, split], sort_keys=True, default=str)
+def examples_fingerprint(task, corpus_fingerprint: str, tokenizer_fingerprint: str, seed: int, split: str,
+                         shard_chars: int = SHARD_CHARS) -> str:
+    payload = json.dumps([task.fingerprint_data(), corpus_fingerprint, tokenizer_fingerprint, seed, split,
+                          {"store": store.FORMAT, "shard_chars": shard_chars}], sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -71,29 +69,30 @@ def _build_shard(task, documents: Sequence[Document], seed: int) -> dict[str, li
     return columns
 
 
-# What forked workers read: set just before the pool forks, so nothing large is pickled to them.
-_FORKED: dict[str, Any] = {}
-
-
-def _build_forked_shard(bounds: tuple[int, int]) -> dict[str, list[list[int]]]:
-    start, end = bounds
-    return _build_shard(_FORKED["task"], _FORKED["documents"][start:end], _FORKED["seed"])
-
-
 def build_examples(task, documents: Sequence[Document], seed: int, workers: int = 1) -> dict[str, list[list[int]]]:
     """Fit the task on the split, then run its generator over every document with a per-document
-    seeded RNG. With ``workers > 1`` document shards are built in forked processes; the result is
-    identical to a serial build (same RNG per document, shards concatenated in order).
+    seeded RNG, in memory (``cached_examples`` is the way to build a whole split: on disk, shard by
+    shard). With ``workers > 1`` document ranges are built in forked processes; the result is
+    identical to a serial build (same RNG per document, ranges concatenated in order)."""
+    with _reported(task, len(documents)):
+        task.fit(documents)
+        bounds = [(round(i * len(documents) / (4 * workers)), round((i + 1) * len(documents) / (4 * workers)))
+                  for i in range(4 * workers)]
+        parts = list(_in_workers(workers if len(documents) >= 2 * workers else 1, _build_forked_range, bounds,
+                                 task=task, documents=documents, seed=seed))
+        return {c: [row for part in parts for row in part[c]] for c in columns_of(task)}
 
-    Any failure, in a worker or not, surfaces as one ErnieClError naming the task (the original
+
+@contextlib.contextmanager
+def _reported(task, documents: int) -> Iterator[None]:
+    """Any failure, in a worker or not, surfaces as one ErnieClError naming the task (the original
     exception is its ``__cause__``, shown with ``--debug``); a worker that dies (e.g. killed for
     lack of memory) is a DataBuildError instead of a run that hangs."""
     try:
-        task.fit(documents)
-        return _build_all(task, documents, seed, workers)
+        yield
     except BrokenProcessPool:
         raise DataBuildError(f"task '{task.name}': a data worker process died while building examples from "
-                             f"{len(documents)} document(s) (killed by the system, often for lack of memory); set "
+                             f"{documents} document(s) (killed by the system, often for lack of memory); set "
                              "training.data_workers lower (e.g. 1) or free memory, then run again") from None
     except ErnieClError as exc:
         if f"'{task.name}'" in str(exc) or str(exc).startswith(task.name):
@@ -106,46 +105,77 @@ def build_examples(task, documents: Sequence[Document], seed: int, workers: int 
                              "the traceback") from exc
 
 
-def _build_all(task, documents: Sequence[Document], seed: int, workers: int) -> dict[str, list[list[int]]]:
+# What forked workers read: set just before the pool forks, so nothing large is pickled to them.
+_FORKED: dict[str, Any] = {}
+
+
+def _build_forked_range(bounds: tuple[int, int]) -> dict[str, list[list[int]]]:
+    start, end = bounds
+    return _build_shard(_FORKED["task"], _FORKED["documents"][start:end], _FORKED["seed"])
+
+
+def _write_forked_shard(index: int) -> tuple[int, dict[str, Any]]:
+    """Build one document shard's examples and write them to the set's folder; only the marker
+    (a few counts) goes back to the parent."""
+    f = _FORKED
+    start, end = f["bounds"][index]
+    rows = _build_shard(f["task"], f["documents"][start:end], f["seed"])
+    return index, store.write_shard(f["folder"], index, rows, f["types"], f["task"].tokenizer.sep_id, f["point"])
+
+
+def _in_workers(workers: int, function, items: Sequence[Any], **shared: Any) -> Iterator[Any]:
+    """``function`` over ``items`` (in order), in ``workers`` forked processes (in this one for 1).
+    ``shared`` is what the workers read (inherited by the fork, never pickled)."""
     can_fork = "fork" in multiprocessing.get_all_start_methods()
-    if workers <= 1 or len(documents) < 2 * workers or not can_fork:
-        return _build_shard(task, documents, seed)
-    shards = max(workers * 4, 1)
-    edges = [round(i * len(documents) / shards) for i in range(shards + 1)]
-    _FORKED.update(task=task, documents=documents, seed=seed)
-    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the Rust pool must not be used across a fork
+    _FORKED.update(shared)
     try:
+        if workers <= 1 or len(items) < 2 or not can_fork:
+            for item in items:
+                yield function(item)
+            return
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the Rust pool must not be used across a fork
         # an executor, not multiprocessing.Pool: a worker that dies breaks the pool (an error here)
         # where Pool would wait for its result forever
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-            parts = list(pool.map(_build_forked_shard, list(zip(edges[:-1], edges[1:]))))
+        with ProcessPoolExecutor(min(workers, len(items)), mp_context=multiprocessing.get_context("fork")) as pool:
+            yield from pool.map(function, items)
     finally:
         _FORKED.clear()
-    return {c: [row for part in parts for row in part[c]] for c in columns_of(task)}
 
 
 def cached_examples(task, documents: Sequence[Document], *, split: str, seed: int, corpus_fingerprint: str,
-                    cache_dir: str | os.PathLike, workers: int = 1):
-    """The task's examples for one split as a ``datasets.Dataset`` (built once, then loaded)."""
-    from datasets import Dataset, disable_progress_bars, load_from_disk
+                    cache_dir: str | os.PathLike, workers: int = 1, shard_chars: int = SHARD_CHARS,
+                    show_progress: bool = False) -> store.ExampleSet:
+    """The task's examples for one split (built once, shard by shard, then memory-mapped; see
+    ``example_store``). A killed build continues where it stopped; damaged shards are rebuilt."""
+    from ernie_cl.progress import progress_bar
 
-    disable_progress_bars()  # one bar per cache write is noise; the run has its own progress bar
+    key = examples_fingerprint(task, corpus_fingerprint, task.tokenizer.fingerprint, seed, split, shard_chars)
+    folder = Path(cache_dir) / "examples" / task.name / f"{split}-{key}"
+    bounds = store.shard_bounds([sum(len(s.text) for s in doc.sentences()) for doc in documents], shard_chars)
+    types = store.column_types(columns_of(task), task.tokenizer.vocab_size, _label_sizes(task))
 
-    key = examples_fingerprint(task, corpus_fingerprint, task.tokenizer.fingerprint, seed, split)
-    target = Path(cache_dir) / "examples" / task.name / f"{split}-{key}"
-    if not (target / "dataset_info.json").exists():
-        columns = build_examples(task, documents, seed, workers)
-        if not columns["input_ids"]:
-            raise CorpusError(f"task '{task.name}' built no {split} examples from {len(documents)} document(s); use a larger corpus")
-        dataset = Dataset.from_dict(columns, features=_features(columns_of(task)))
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
-        dataset.save_to_disk(str(tmp))
-        if target.exists():  # built concurrently by another process: keep theirs
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, target)
-    return load_from_disk(str(target))
+    def build_missing(missing: list[int]) -> Iterator[tuple[int, dict[str, Any]]]:
+        with _reported(task, len(documents)), progress_bar(total=len(missing), desc=f"{task.name} {split} examples",
+                                                           unit=" shards", disable=not show_progress) as bar:
+            task.fit(documents)
+            for index, marker in _in_workers(workers, _write_forked_shard, missing, task=task, documents=documents,
+                                             seed=seed, bounds=bounds, folder=folder, types=types,
+                                             point=f"example-shard:{task.name}/{split}"):
+                bar.update(1)
+                yield index, marker
+
+    return store.build_set(folder, len(bounds), build_missing, types, task.tokenizer.sep_id,
+                           describe=f"task '{task.name}' ({split})",
+                           empty_message=f"task '{task.name}' built no {split} examples from {len(documents)} "
+                                         "document(s); use a larger corpus")
+
+
+def _label_sizes(task) -> dict[str, int]:
+    """Label column -> number of label ids (what the stored integer type must hold)."""
+    members = getattr(task, "members", None)
+    if members is not None:
+        return {f"labels:{m.name}": m.num_labels for m in members}
+    return {"labels": task.num_labels}
 
 
 def collate(rows: dict[str, Any], pad_id: int, sentence_level: bool, labels_of: dict[str, str],
@@ -190,7 +220,7 @@ class ExampleStream:
         self.dataset = dataset
         self.group = group
         self._window, self._window_batches = -1, []
-        self._lengths = _row_lengths(dataset) if group > 1 else None
+        self._lengths = dataset.lengths() if group > 1 else None
         # this rank's disjoint shard: rows rank, rank + world, ... (all rows with one process)
         self.rows = np.arange(rank, len(dataset), world, dtype=np.int64)
         if len(self.rows) == 0:
@@ -231,7 +261,7 @@ class ExampleStream:
         return self._window_batches[offset // self.batch_size]
 
     def next_batch(self) -> dict[str, torch.Tensor]:
-        rows = self.dataset[self.batch_indices(self.position)]
+        rows = self.dataset.rows(self.batch_indices(self.position))
         self.position += self.batch_size
         return collate(rows, self.pad_id, self.sentence_level, self.labels_of)
 
@@ -240,13 +270,6 @@ class ExampleStream:
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         self.position = int(state["position"])
-
-
-def _row_lengths(dataset) -> np.ndarray:
-    """Every example's length, read from the Arrow column at once (no per-row Python work)."""
-    import pyarrow.compute as pc
-
-    return pc.list_value_length(dataset.with_format("arrow")[:]["input_ids"]).to_numpy()
 
 
 def labels_of(dataset, task_name: str) -> dict[str, str]:
@@ -259,7 +282,7 @@ def eval_batches(dataset, batch_size: int, limit: int, pad_id: int, sentence_lev
     is represented), in fixed order and batched: every evaluation sees the same examples."""
     chosen = eval_indices(len(dataset), limit)
     for start in range(0, len(chosen), batch_size):
-        yield collate(dataset[chosen[start : start + batch_size]], pad_id, sentence_level, labels_of(dataset, task_name))
+        yield collate(dataset.rows(chosen[start : start + batch_size]), pad_id, sentence_level, labels_of(dataset, task_name))
 
 
 def eval_indices(size: int, limit: int) -> list[int]:

@@ -47,7 +47,8 @@ import torch
 from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 
 from ernie_cl.errors import CheckpointError, TrainingError
-from ernie_cl.training import distributed, faults
+from ernie_cl import faults
+from ernie_cl.training import distributed
 
 STATE_FILE = "trainer_state.json"
 POINTER = "latest"

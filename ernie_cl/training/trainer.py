@@ -25,7 +25,8 @@ from ernie_cl.model.balancing import balancer_from_spec
 from ernie_cl.model.encoder import ErnieEncoder, build_backbone
 from ernie_cl.model.extras import restore_extras
 from ernie_cl.progress import progress_bar
-from ernie_cl.training import checkpoint as ckpt, distributed, faults
+from ernie_cl import faults
+from ernie_cl.training import checkpoint as ckpt, distributed
 from ernie_cl.training.curriculum import Curriculum, Step
 from ernie_cl.training.engine import create_engine, name_accelerator
 from ernie_cl.training.heldout_eval import evaluate, trivial_baselines
