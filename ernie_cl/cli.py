@@ -23,6 +23,7 @@ ERNIE-2.0-style continual sequential multi-task pre-training of text encoders.
 Typical use:
   ernie-cl train schedules/demo.yaml --run-dir runs/demo        # staged pre-training
   ernie-cl train schedules/demo.yaml --run-dir runs/demo --resume auto
+  ernie-cl prepare schedules/ernie2_full.yaml --workers 8               # data preparation only
   ernie-cl tasks                                                 # registered pre-training tasks
   ernie-cl tasks knowledge_masking --examples 3                  # what a task's examples look like
   ernie-cl validate schedules/demo.yaml                          # check a schedule, nothing else
@@ -65,6 +66,21 @@ def build_parser() -> argparse.ArgumentParser:
                             "(the differences are printed; shapes that no longer fit still fail)")
     train.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     train.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
+
+    prepare = sub.add_parser(
+        "prepare", help="prepare a schedule's data only: corpus, tokenizer, every task's examples",
+        description="Run the data preparation that `train` runs first, and stop: parse the corpus, train (or load) "
+                    "the tokenizer, and build every task's training and held-out examples (and the fused sets of "
+                    "token-level tasks that share forward passes), each cached under --cache-dir. Examples are "
+                    "built per document shard by --workers processes, each shard written to its own file when done: "
+                    "a prepare that is killed continues where it stopped when run again, and `train` reuses all of "
+                    "it. Prints what each stage took (seconds, bytes on disk).")
+    prepare.add_argument("schedule", help="schedule YAML file")
+    prepare.add_argument("--cache-dir", help="cache folder (as for train)")
+    prepare.add_argument("--workers", type=int, metavar="N",
+                         help="processes that build examples (default: training.data_workers, else all cores)")
+    prepare.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    prepare.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
 
     tasks = sub.add_parser("tasks", help="list the registered pre-training tasks, or show one task's examples",
                            description="Without NAME: the registered task names, one a line. With NAME and "
@@ -168,6 +184,31 @@ def _train(args: argparse.Namespace) -> int:
         print(f"ernie-cl: {stop}", file=sys.stderr)
         return stop.exit_code
     print(f"ernie-cl: done; {len(summary['stages'])} stage(s); summary in {Path(args.run_dir) / 'summary.json'}")
+    return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+    from ernie_cl.config.run_checks import check_run
+    from ernie_cl.data.preparation import prepare
+
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+    configs = check_run(args.schedule)
+    prepared = prepare(configs.schedule, configs.model, Path(args.cache_dir) if args.cache_dir else None,
+                       show_progress=not args.no_progress, workers=args.workers)
+    text = prepared.corpus.stats.get("characters", 0)
+    print(f"ernie-cl: prepared {len(prepared.train_sets)} training and {len(prepared.eval_sets)} held-out example "
+          f"set(s) from {prepared.corpus.stats.get('documents', 0)} documents ({text / 1e6:.1f} M characters)")
+    print(f"  {'stage':<44}{'seconds':>9}{'on disk':>12}")
+    examples = 0
+    for entry in prepared.report:
+        size = "" if entry["bytes"] is None else f"{entry['bytes'] / 1e6:.1f} MB"
+        if entry["stage"] not in ("corpus", "tokenizer"):
+            examples += entry["bytes"] or 0
+        print(f"  {entry['stage']:<44}{entry['seconds']:>9.1f}{size:>12}")
+    total = sum(e["seconds"] for e in prepared.report)
+    ratio = f" ({examples / text:.1f} bytes a character of text)" if text else ""
+    print(f"  {'total':<44}{total:>9.1f}{examples / 1e6:>9.1f} MB of examples{ratio}")
     return 0
 
 
@@ -282,7 +323,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    handler = {"train": _train, "tasks": _tasks, "validate": _validate, "finetune": _finetune, "compare": _compare,
+    handler = {"train": _train, "prepare": _prepare, "tasks": _tasks, "validate": _validate, "finetune": _finetune, "compare": _compare,
                "export": _export}[args.command]
     try:
         return handler(args)

@@ -1,15 +1,20 @@
-"""``load_corpus``: pick a reader, parse once into Documents, cache as Arrow, split off held-out.
+"""``load_corpus``: pick a reader, parse once into the document store, split off held-out.
 
 Parsing (reader -> sentences -> phrase/NER spans) happens only on a cache miss; the cache key
-covers the source files' bytes and every option that changes the documents. The train/held-out
-split is a pure function of document ids and ``eval_fraction``, recomputed after every load, so
-it needs no cache of its own and never changes when the corpus is re-parsed.
+covers the source files' bytes and every option that changes the documents. It streams: each
+document goes to the store (``store.py``, Arrow shards) as soon as it is parsed, and phrase counts
+are gathered on the way; when phrases (or spaCy entities) are wanted, a second pass over the
+shards adds the spans. No step holds the corpus in memory. The train/held-out split is a pure
+function of document ids and ``eval_fraction``, recomputed after every load from the ids' hashes,
+so it needs no cache of its own and never changes when the corpus is re-parsed.
 """
 
 from __future__ import annotations
 
-import hashlib
+import json
 import logging
+import shutil
+import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import closing
@@ -17,8 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ernie_cl.corpus import cache, phrases as span_sources, readers, wiki
 from ernie_cl.corpus.document import Document
+from ernie_cl.corpus.store import DocumentStore, DocumentView, StoreWriter, id_hash
 from ernie_cl.corpus.sentences import MAX_SENTENCE_CHARS, RawDocument, build_document
 from ernie_cl.errors import CorpusError
 
@@ -28,36 +36,36 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class Corpus:
-    documents: list[Document] = field(repr=False)  # every document, reading order
-    train: list[Document] = field(repr=False)
-    heldout: list[Document] = field(repr=False)
+    documents: DocumentView = field(repr=False)  # every document, reading order (decoded on access)
+    train: DocumentView = field(repr=False)
+    heldout: DocumentView = field(repr=False)
     fingerprint: str  # hex; covers source bytes, parse options and eval_fraction
     stats: dict[str, int] = field(default_factory=dict)
     from_cache: bool = False
-    cache_path: Path | None = None  # the Arrow cache folder these documents live in
+    cache_path: Path | None = None  # the store folder these documents live in
 
 
-def _split_key(doc_id: str) -> float:
-    return int.from_bytes(hashlib.sha256(doc_id.encode("utf-8")).digest()[:8], "big") / 2.0**64
+def heldout_mask(hashes: np.ndarray, eval_fraction: float) -> np.ndarray:
+    """True for the held-out documents: ``sha256(id)`` read as a fraction is below eval_fraction.
+
+    Both sides are non-empty from 2 documents: if the hash sends no document to held-out, the one
+    with the smallest key goes there; if it sends every document, the one with the largest key
+    stays in train."""
+    keys = hashes.astype(np.float64) / 2.0**64
+    mask = keys < eval_fraction
+    if len(keys) >= 2:
+        if not mask.any():
+            mask[np.argmin(keys)] = True
+        elif mask.all():
+            mask[np.argmax(keys)] = False
+    return mask
 
 
 def split_heldout(documents: list[Document],
                   eval_fraction: float) -> tuple[list[Document], list[Document]]:
-    """(train, heldout) by ``sha256(id)`` in [0, 1) < eval_fraction, both non-empty from 2 documents.
-
-    If the hash sends no document to held-out, the one with the smallest key goes there; if it
-    sends every document, the one with the largest key stays in train. Reading order is kept.
-    """
-    keys = {doc.id: _split_key(doc.id) for doc in documents}
-    heldout_ids = {doc_id for doc_id, key in keys.items() if key < eval_fraction}
-    if len(documents) >= 2:
-        if not heldout_ids:
-            heldout_ids = {min(keys, key=keys.__getitem__)}
-        elif len(heldout_ids) == len(documents):
-            heldout_ids.discard(max(keys, key=keys.__getitem__))
-    train = [doc for doc in documents if doc.id not in heldout_ids]
-    heldout = [doc for doc in documents if doc.id in heldout_ids]
-    return train, heldout
+    """(train, heldout) of a list of documents by ``heldout_mask``; reading order is kept."""
+    mask = heldout_mask(np.array([id_hash(d.id) for d in documents], dtype=np.uint64), eval_fraction)
+    return [d for d, h in zip(documents, mask) if not h], [d for d, h in zip(documents, mask) if h]
 
 
 def _existing(path: str | Path | None, source: str, kind: str) -> Path:
@@ -138,49 +146,55 @@ def _check_options(eval_fraction: float, max_documents: int | None, phrase_min_c
                           f"{phrase_threshold} > 0; gensim Phrases needs both")
 
 
-def _parse(read: Any, stats: Counter, *, max_documents: int | None, use_phrases: bool,
-           phrase_min_count: int, phrase_threshold: float, spacy_model: str | None,
-           show_progress: bool) -> list[Document]:
+def _ingest(read: Any, stats: Counter, target: Path, *, max_documents: int | None, use_phrases: bool,
+            phrase_min_count: int, phrase_threshold: float, spacy_model: str | None,
+            show_progress: bool) -> dict[str, int]:
+    """Parse the source into a store at ``target`` (a fresh folder); returns the document counts."""
     from ernie_cl.progress import progress_bar
 
     nlp = span_sources.load_spacy(spacy_model) if spacy_model else None  # fail before the long parse
-    documents: list[Document] = []
-    seen: set[str] = set()
+    two_passes = use_phrases or nlp is not None
+    writer = StoreWriter(target / "pass1" if two_passes else target)
+    counter = span_sources.PhraseCounter(phrase_min_count, phrase_threshold) if use_phrases else None
+    seen: set[int] = set()  # 8-byte id hashes: a duplicate id is found without keeping every id
     # closing() stops a streaming reader early (max_documents) and closes its file
     with closing(read(stats)) as stream, progress_bar(desc="parsing corpus", unit=" docs",
                                                disable=not show_progress) as bar:
         for raw in stream:
-            if raw.id in seen:
+            key = id_hash(raw.id)
+            if key in seen:
                 raise CorpusError(f"duplicate document id '{raw.id}' in the corpus; ids must be unique")
-            seen.add(raw.id)
+            seen.add(key)
             document = build_document(raw, stats=stats)
             bar.update(1)
             if document.num_sentences() == 0:
                 stats["empty_documents_dropped"] += 1
                 continue
-            documents.append(document)
-            if max_documents is not None and len(documents) >= max_documents:
+            writer.add(document)
+            if counter is not None:
+                counter.add(document)
+            if max_documents is not None and len(writer) >= max_documents:
                 break
-    if nlp is not None:
-        stats["spacy_entities"] = span_sources.add_spacy_entities(documents, nlp)
-    if use_phrases and documents:
-        total = sum(doc.num_sentences() for doc in documents)
-        with progress_bar(total=total, desc="finding phrases", unit=" sents", disable=not show_progress) as bar:
-            span_sources.add_phrase_spans(documents, phrase_min_count, phrase_threshold, progress=bar)
-    return documents
-
-
-def _counts(documents: list[Document]) -> dict[str, int]:
-    sentences = [s for doc in documents for s in doc.sentences()]
-    return {
-        "documents": len(documents),
-        "sections": sum(len(doc.sections) for doc in documents),
-        "paragraphs": sum(1 for doc in documents for _ in doc.paragraphs()),
-        "sentences": len(sentences),
-        "characters": sum(len(s.text) for s in sentences),
-        "entities": sum(len(s.entities) for s in sentences),
-        "phrases": sum(len(s.phrases) for s in sentences),
-    }
+    writer.close()
+    if not two_passes:
+        return writer.counts
+    first = DocumentStore(target / "pass1")
+    frozen = counter.frozen() if counter is not None else None
+    final = StoreWriter(target)
+    with progress_bar(total=len(first), desc="adding phrase spans", unit=" docs", disable=not show_progress) as bar:
+        for start in range(0, len(first), 256):
+            batch = first.decode(start, min(start + 256, len(first)))
+            if nlp is not None:
+                stats["spacy_entities"] += span_sources.add_spacy_entities(batch, nlp)
+            for document in batch:
+                if frozen is not None:
+                    span_sources.annotate_phrases(document, frozen)
+                final.add(document)
+            bar.update(len(batch))
+    final.close()
+    del first
+    shutil.rmtree(target / "pass1")
+    return final.counts
 
 
 def _report_repairs(where: str, stats: dict[str, int]) -> None:
@@ -215,28 +229,68 @@ def load_corpus(source: str = "bundled", path: str | Path | None = None, *, cach
     )
     key = cache.hash_values(**parse_options)
     target = Path(cache_dir).expanduser() / "corpus" / key
-    cached = cache.load_documents(target)
-    if cached is not None:
-        documents, reader_stats = cached
-    else:
+    meta = _read_meta(target)
+    if meta is None:
         stats: Counter = Counter()
-        documents = _parse(read, stats, max_documents=max_documents, use_phrases=phrases,
-                           phrase_min_count=phrase_min_count, phrase_threshold=phrase_threshold,
-                           spacy_model=spacy_model, show_progress=show_progress)
-        if not documents:
-            where = f"'{path}'" if path is not None else f"source '{source}'"
-            hint = f" (or check text_field='{text_field}')" if source in ("jsonl", "hf") else ""
-            raise CorpusError(f"corpus {where} is empty: no document has any text; add documents "
-                              f"with text{hint}")
-        reader_stats = dict(stats)
-        cache.save_documents(target, documents, reader_stats)
-    train, heldout = split_heldout(documents, eval_fraction)
+        staging = _staging_folder(target)
+        try:
+            counts = _ingest(read, stats, staging, max_documents=max_documents, use_phrases=phrases,
+                             phrase_min_count=phrase_min_count, phrase_threshold=phrase_threshold,
+                             spacy_model=spacy_model, show_progress=show_progress)
+            if not counts["documents"]:
+                where = f"'{path}'" if path is not None else f"source '{source}'"
+                hint = f" (or check text_field='{text_field}')" if source in ("jsonl", "hf") else ""
+                raise CorpusError(f"corpus {where} is empty: no document has any text; add documents "
+                                  f"with text{hint}")
+            meta = {"reader": dict(stats), "counts": counts}
+            (staging / cache.META_FILE).write_text(json.dumps(meta, sort_keys=True), encoding="utf-8")
+            _move_into_place(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        from_cache = False
+    else:
+        from_cache = True
+    store = DocumentStore(target)
+    mask = heldout_mask(store.hashes, eval_fraction)
+    documents = store.view()
+    train, heldout = store.view(np.nonzero(~mask)[0]), store.view(np.nonzero(mask)[0])
     base = {"redirects_dropped": 0, "invalid_utf8_replaced": 0, "empty_documents_dropped": 0, "long_sentences_cut": 0}
-    stats_out = {**base, **dict(sorted(reader_stats.items())), **_counts(documents),
+    stats_out = {**base, **dict(sorted(meta["reader"].items())), **meta["counts"],
                  "train_documents": len(train), "heldout_documents": len(heldout)}
     _report_repairs(f"'{path}'" if path is not None else f"source '{source}'", stats_out)
     return Corpus(
         documents=documents, train=train, heldout=heldout,
         fingerprint=cache.hash_values(parse=key, eval_fraction=eval_fraction),
-        stats=stats_out, from_cache=cached is not None, cache_path=target,
+        stats=stats_out, from_cache=from_cache, cache_path=target,
     )
+
+
+def _read_meta(target: Path) -> dict[str, Any] | None:
+    """The finished store's counters (its completion marker), or None when there is none."""
+    try:
+        meta = json.loads((target / cache.META_FILE).read_text(encoding="utf-8"))
+        DocumentStore(target)  # the shard list and arrays must be readable too
+        return meta if {"reader", "counts"} <= set(meta) else None
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError) as err:  # damaged cache: rebuild rather than fail
+        logger.warning("ignoring unreadable corpus cache %s (%s)", target, err)
+        return None
+
+
+def _staging_folder(target: Path) -> Path:
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    except OSError as err:
+        raise CorpusError(f"cannot write the corpus cache under '{target.parent}' ({err.strerror}); "
+                          f"pass a writable cache_dir") from None
+
+
+def _move_into_place(staging: Path, target: Path) -> None:
+    """The finished store becomes the cache in one rename: a crash never leaves a half cache."""
+    if target.exists():  # a damaged or another process's copy: ours replaces a damaged one
+        if _read_meta(target) is not None:
+            return  # another process finished the same cache first; its copy is identical
+        shutil.rmtree(target)
+    staging.rename(target)

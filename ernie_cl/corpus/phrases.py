@@ -34,34 +34,66 @@ def _sentence_tokens(sentence: Sentence) -> tuple[list[str], list[Span]]:
     return [sentence.text[a:b].lower() for a, b in spans], spans
 
 
-def add_phrase_spans(documents: list[Document], min_count: int, threshold: float,
-                     progress: Any = None) -> int:
-    """Train Phrases on ``documents`` and set every sentence's phrase spans; returns their count."""
-    from gensim.models.phrases import ENGLISH_CONNECTOR_WORDS, Phrases  # heavy: import on use
+PHRASE_VOCAB_LIMIT = 2_000_000  # gensim prunes its word + bigram counts beyond this (its default: 40M)
+_COUNT_BATCH = 50_000  # sentences counted together (gensim merges each batch's counts into the model)
+
+
+class PhraseCounter:
+    """Word and bigram counts of a stream of documents (gensim ``Phrases``), merged batch by batch.
+
+    The counts are bounded by the vocabulary, not by the corpus: whenever the table passes
+    ``vocab_limit`` entries gensim drops the rarest ones (``prune_vocab``), as it does in one pass.
+    Without pruning, counting in batches gives exactly the counts of one pass over everything."""
+
+    def __init__(self, min_count: int, threshold: float, vocab_limit: int = PHRASE_VOCAB_LIMIT):
+        from gensim.models.phrases import ENGLISH_CONNECTOR_WORDS, Phrases  # heavy: import on use
+
+        self.model = Phrases(min_count=min_count, threshold=threshold, connector_words=ENGLISH_CONNECTOR_WORDS,
+                             max_vocab_size=vocab_limit)
+        self._pending: list[list[str]] = []
+
+    def add(self, document: Document) -> None:
+        for sentence in document.sentences():
+            self._pending.append(_sentence_tokens(sentence)[0])
+        if len(self._pending) >= _COUNT_BATCH:
+            self._count()
+
+    def _count(self) -> None:
+        if self._pending:
+            self.model.add_vocab(self._pending)
+            self._pending = []
+
+    def frozen(self) -> Any:
+        """The phrase model to apply (gensim's frozen form keeps only the found phrases)."""
+        self._count()
+        return self.model.freeze()
+
+
+def annotate_phrases(document: Document, frozen: Any) -> int:
+    """Set every sentence's phrase spans from the frozen model; returns their count."""
     from gensim.parsing.preprocessing import STOPWORDS
 
-    sentences = [s for doc in documents for s in doc.sentences()]
-    tokenized = [_sentence_tokens(s) for s in sentences]
-    model = Phrases(
-        (tokens for tokens, _ in tokenized),
-        min_count=min_count,
-        threshold=threshold,
-        connector_words=ENGLISH_CONNECTOR_WORDS,
-    ).freeze()  # the frozen model only keeps found phrases: much faster to apply
-    delimiter = model.delimiter
-    total = 0
-    for sentence, (tokens, spans) in zip(sentences, tokenized, strict=True):
+    delimiter, total = frozen.delimiter, 0
+    for sentence in document.sentences():
+        tokens, spans = _sentence_tokens(sentence)
         found, index = [], 0
-        for item, score in model.analyze_sentence(tokens):
+        for item, score in frozen.analyze_sentence(tokens):
             length = item.count(delimiter) + 1 if score is not None else 1
             if score is not None and not all(word in STOPWORDS for word in item.split(delimiter)):
                 found.append((spans[index][0], spans[index + length - 1][1]))
             index += length
         sentence.phrases = found
         total += len(found)
-        if progress is not None:
-            progress.update(1)
     return total
+
+
+def add_phrase_spans(documents: list[Document], min_count: int, threshold: float) -> int:
+    """Learn phrases from ``documents`` and set every sentence's phrase spans; returns their count."""
+    counter = PhraseCounter(min_count, threshold)
+    for document in documents:
+        counter.add(document)
+    frozen = counter.frozen()
+    return sum(annotate_phrases(document, frozen) for document in documents)
 
 
 def load_spacy(model_name: str) -> Any:

@@ -36,6 +36,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from ernie_cl import faults
+from ernie_cl.data.durable import file_sha256, fsync_file, write_json_durably
 from ernie_cl.errors import CorpusError, DataBuildError
 
 FORMAT = 2
@@ -112,32 +113,12 @@ def write_shard(folder: Path, index: int, rows: dict[str, list[list[int]]], type
     tmp = folder / f".shard-{index:05d}.arrow.tmp"
     with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
         writer.write_table(table)
-    _fsync(tmp)
+    fsync_file(tmp)
     os.replace(tmp, path)
-    marker = {"rows": table.num_rows, "bytes": path.stat().st_size, "sha256": _sha256(path)}
-    _write_json(folder / f"shard-{index:05d}.done", marker)
+    marker = {"rows": table.num_rows, "bytes": path.stat().st_size, "sha256": file_sha256(path)}
+    write_json_durably(folder / f"shard-{index:05d}.done", marker)
     faults.inject(f"{point}:{index}")  # tests kill a build here, between two finished shards
     return marker
-
-
-def _fsync(path: Path) -> None:
-    with open(path, "rb") as stream:
-        os.fsync(stream.fileno())
-
-
-def _write_json(path: Path, value: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(value, sort_keys=True), encoding="utf-8")
-    _fsync(tmp)
-    os.replace(tmp, path)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --- which shards are done ----------------------------------------------------------------------
@@ -150,7 +131,7 @@ def finished_shards(folder: Path, count: int, verify_hash: bool) -> dict[int, di
         path = folder / f"shard-{index:05d}.arrow"
         try:
             marker = json.loads(marker_path.read_text(encoding="utf-8"))
-            ok = path.stat().st_size == marker["bytes"] and (not verify_hash or _sha256(path) == marker["sha256"])
+            ok = path.stat().st_size == marker["bytes"] and (not verify_hash or file_sha256(path) == marker["sha256"])
         except (OSError, ValueError, KeyError, TypeError):
             ok = False
         if ok:
@@ -191,7 +172,7 @@ def build_set(folder: Path, shard_count: int, build_shards: Callable[[list[int]]
         raise CorpusError(empty_message)
     for stray in folder.glob(".*.tmp"):  # what a killed build was writing when it stopped
         stray.unlink(missing_ok=True)
-    _write_json(manifest_path, {"format": FORMAT, "columns": columns, "sep_id": sep_id, "rows": total, "shards": shards})
+    write_json_durably(manifest_path, {"format": FORMAT, "columns": columns, "sep_id": sep_id, "rows": total, "shards": shards})
     return ExampleSet.open(folder)
 
 
@@ -202,7 +183,7 @@ def write_set(folder: Path, columns: dict[str, list[list[int]]], sep_id: int,
     types = types or {c: "uint8" if c == TYPES else "int32" for c in columns}
     folder.mkdir(parents=True, exist_ok=True)
     marker = write_shard(folder, 0, columns, types, sep_id)
-    _write_json(folder / MANIFEST, {"format": FORMAT, "columns": types, "sep_id": sep_id, "rows": marker["rows"],
+    write_json_durably(folder / MANIFEST, {"format": FORMAT, "columns": types, "sep_id": sep_id, "rows": marker["rows"],
                                     "shards": [{"file": "shard-00000.arrow", **marker}]})
     return ExampleSet.open(folder)
 

@@ -38,7 +38,14 @@ from ernie_cl.errors import CorpusError, DataBuildError, ErnieClError
 
 INPUT_COLUMNS = ("input_ids", "token_type_ids")
 IGNORE = -100
-SHARD_CHARS = 1_000_000  # about 1 MB of text a shard: the unit of parallel work, of resuming, and of one file
+# A split's documents are cut into shards, the unit of parallel work, of resuming and of one file:
+# 64 shards (enough to keep every core busy to the end) of at least 1,000 and at most 4,000,000
+# characters of text; a function of the split alone, so workers never change the layout.
+SHARDS_PER_SET, MIN_SHARD_CHARS, MAX_SHARD_CHARS = 64, 1_000, 4_000_000
+
+
+def shard_size(total_chars: int) -> int:
+    return min(MAX_SHARD_CHARS, max(MIN_SHARD_CHARS, -(-total_chars // SHARDS_PER_SET)))
 
 
 def columns_of(task) -> tuple[str, ...]:
@@ -48,7 +55,7 @@ def columns_of(task) -> tuple[str, ...]:
 
 
 def examples_fingerprint(task, corpus_fingerprint: str, tokenizer_fingerprint: str, seed: int, split: str,
-                         shard_chars: int = SHARD_CHARS) -> str:
+                         shard_chars: int) -> str:
     payload = json.dumps([task.fingerprint_data(), corpus_fingerprint, tokenizer_fingerprint, seed, split,
                           {"store": store.FORMAT, "shard_chars": shard_chars}], sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
@@ -143,15 +150,19 @@ def _in_workers(workers: int, function, items: Sequence[Any], **shared: Any) -> 
 
 
 def cached_examples(task, documents: Sequence[Document], *, split: str, seed: int, corpus_fingerprint: str,
-                    cache_dir: str | os.PathLike, workers: int = 1, shard_chars: int = SHARD_CHARS,
+                    cache_dir: str | os.PathLike, workers: int = 1, shard_chars: int | None = None,
                     show_progress: bool = False) -> store.ExampleSet:
     """The task's examples for one split (built once, shard by shard, then memory-mapped; see
-    ``example_store``). A killed build continues where it stopped; damaged shards are rebuilt."""
+    ``example_store``). A killed build continues where it stopped; damaged shards are rebuilt.
+    ``shard_chars``: text per shard (default ``shard_size`` of the split)."""
     from ernie_cl.progress import progress_bar
 
+    chars = documents.char_counts() if hasattr(documents, "char_counts") else [  # a store view: nothing decoded
+        sum(len(s.text) for s in doc.sentences()) for doc in documents]
+    shard_chars = shard_chars or shard_size(int(sum(chars)))
     key = examples_fingerprint(task, corpus_fingerprint, task.tokenizer.fingerprint, seed, split, shard_chars)
     folder = Path(cache_dir) / "examples" / task.name / f"{split}-{key}"
-    bounds = store.shard_bounds([sum(len(s.text) for s in doc.sentences()) for doc in documents], shard_chars)
+    bounds = store.shard_bounds(chars, shard_chars)
     types = store.column_types(columns_of(task), task.tokenizer.vocab_size, _label_sizes(task))
 
     def build_missing(missing: list[int]) -> Iterator[tuple[int, dict[str, Any]]]:

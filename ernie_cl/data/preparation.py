@@ -1,15 +1,18 @@
 """Everything a run needs before its first step: corpus, tokenizer, tasks, cached example sets.
 
-Used by ``train`` and by ``ernie-cl tasks NAME --examples``; every expensive piece is cached
-(parsed corpus, trained tokenizer, example sets), so a second run starts in seconds.
+Used by ``ernie-cl prepare`` (this alone), ``train`` and ``ernie-cl tasks NAME --examples``; every
+expensive piece is cached (parsed corpus, trained tokenizer, example sets), so a second run starts in
+seconds. ``Prepared.report`` says what each stage took: seconds and bytes on disk.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 from ernie_cl.config.budgets import Stage, plan_stages
 from ernie_cl.config.schedule import ScheduleConfig
@@ -32,8 +35,23 @@ class Prepared:
     tokenizer: TextTokenizer
     tasks: dict[str, Any]  # name -> PretrainTask, in the schedule's task order (= task ids)
     stages: list[Stage] = field(default_factory=list)  # budgets per stage, fused groups marked
-    train_sets: dict[str, Any] = field(default_factory=dict)  # task or fused group "a+b" -> datasets.Dataset
+    train_sets: dict[str, Any] = field(default_factory=dict)  # task or fused group "a+b" -> ExampleSet
     eval_sets: dict[str, Any] = field(default_factory=dict)  # task -> held-out examples
+    report: list[dict[str, Any]] = field(default_factory=list)  # per stage: {"stage", "seconds", "bytes"}
+
+
+@contextlib.contextmanager
+def _timed(report: list[dict[str, Any]], stage: str) -> Iterator[dict[str, Any]]:
+    """Append ``{"stage", "seconds", "bytes"}`` to ``report``; the caller may fill in ``bytes``."""
+    entry: dict[str, Any] = {"stage": stage, "seconds": 0.0, "bytes": None}
+    start = time.perf_counter()
+    yield entry
+    entry["seconds"] = time.perf_counter() - start
+    report.append(entry)
+
+
+def _folder_bytes(folder: Optional[Path]) -> Optional[int]:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder and folder.is_dir() else None
 
 
 def load_schedule_corpus(schedule: ScheduleConfig, cache_dir: Path, show_progress: bool = True) -> Corpus:
@@ -72,13 +90,20 @@ def prepare(
     cache_dir: Optional[Path] = None,
     task_names: Optional[list[str]] = None,
     show_progress: bool = True,
+    workers: Optional[int] = None,
 ) -> Prepared:
+    """Corpus, tokenizer, tasks and every example set of the schedule (built where not cached).
+    ``workers``: processes that build examples (default ``training.data_workers``, else all cores)."""
     from pretrain_tasks import get_task_class
     from pretrain_tasks._packed import FusedPackedTasks
 
     cache_dir = Path(cache_dir or default_cache_dir())
-    corpus = load_schedule_corpus(schedule, cache_dir, show_progress)
-    tokenizer = schedule_tokenizer(schedule, corpus, cache_dir, model_cfg)
+    report: list[dict[str, Any]] = []
+    with _timed(report, "corpus") as entry:
+        corpus = load_schedule_corpus(schedule, cache_dir, show_progress)
+        entry["bytes"] = _folder_bytes(corpus.cache_path)
+    with _timed(report, "tokenizer"):
+        tokenizer = schedule_tokenizer(schedule, corpus, cache_dir, model_cfg)
     seq_len = schedule.training.seq_len
     names = task_names or schedule.task_names()
     tasks = {}
@@ -86,13 +111,21 @@ def prepare(
         options = schedule.tasks[name].options if name in schedule.tasks else {}
         tasks[name] = get_task_class(name)(tokenizer, seq_len, options)
     stages = plan_stages(schedule)
-    prepared = Prepared(corpus, tokenizer, tasks, stages)
-    workers = schedule.training.data_workers or os.cpu_count() or 1
-    common = dict(seed=schedule.seed, corpus_fingerprint=corpus.fingerprint, cache_dir=cache_dir, workers=workers)
+    prepared = Prepared(corpus, tokenizer, tasks, stages, report=report)
+    workers = workers or schedule.training.data_workers or os.cpu_count() or 1
+    common = dict(seed=schedule.seed, corpus_fingerprint=corpus.fingerprint, cache_dir=cache_dir, workers=workers,
+                  show_progress=show_progress)
+
+    def build(task, documents, split: str):
+        with _timed(report, f"{task.name} {split}") as entry:
+            example_set = cached_examples(task, documents, split=split, **common)
+            entry["bytes"] = example_set.num_bytes
+        return example_set
+
     for name, task in tasks.items():
-        prepared.train_sets[name] = cached_examples(task, corpus.train, split="train", **common)
-        prepared.eval_sets[name] = cached_examples(task, corpus.heldout, split="heldout", **common)
+        prepared.train_sets[name] = build(task, corpus.train, "train")
+        prepared.eval_sets[name] = build(task, corpus.heldout, "heldout")
     for group in dict.fromkeys(s.fused for s in stages if s.fused and set(s.fused) <= set(tasks)):
         fused = FusedPackedTasks([tasks[t] for t in group])
-        prepared.train_sets["+".join(group)] = cached_examples(fused, corpus.train, split="train", **common)
+        prepared.train_sets["+".join(group)] = build(fused, corpus.train, "train")
     return prepared

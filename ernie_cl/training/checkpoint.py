@@ -32,7 +32,6 @@ Engine files are read with ``torch.load(weights_only=True)``: loading never runs
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import os
 import pickle
@@ -48,6 +47,7 @@ from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchChe
 
 from ernie_cl.errors import CheckpointError, TrainingError
 from ernie_cl import faults
+from ernie_cl.data.durable import file_sha256, fsync_dir, fsync_file, write_json_durably
 from ernie_cl.training import distributed
 
 STATE_FILE = "trainer_state.json"
@@ -61,38 +61,6 @@ def checkpoints_dir(run_dir: Path) -> Path:
 
 
 # --- writing -------------------------------------------------------------------------------------
-
-def write_json_durably(path: Path, data: Any) -> None:
-    """Write via a temporary file, fsync, then rename: readers see the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=1)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_file(path: Path) -> None:
-    with open(path, "rb") as handle:
-        os.fsync(handle.fileno())
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def rng_state() -> dict[str, Any]:
     """This process's torch, numpy and python RNG states, as JSON."""
@@ -132,9 +100,9 @@ def save_checkpoint(engine, run_dir: Path, tag: str, trainer_state: dict[str, An
         if distributed.rank() == 0:
             files = sorted(p for p in staging.rglob("*") if p.is_file())
             for path in files:
-                _fsync_file(path)
+                fsync_file(path)
             faults.inject(f"checkpoint-files:{tag}")
-            manifest = {str(p.relative_to(staging)): {"size": p.stat().st_size, "sha256": _sha256(p)} for p in files}
+            manifest = {str(p.relative_to(staging)): {"size": p.stat().st_size, "sha256": file_sha256(p)} for p in files}
             write_json_durably(staging / STATE_FILE, {**trainer_state, "tag": tag, "stage_end": stage_end,
                                                           "world_size": distributed.world_size(), "files": manifest})
             # The same tag written again (a resumed run redoing a step): the old copy is moved aside,
@@ -145,13 +113,13 @@ def save_checkpoint(engine, run_dir: Path, tag: str, trainer_state: dict[str, An
                 os.rename(target, replaced)
                 faults.inject(f"checkpoint-swap:{tag}")
             os.rename(staging, target)
-            _fsync_dir(root)
+            fsync_dir(root)
             shutil.rmtree(replaced, ignore_errors=True)
             if not any(staging_root.iterdir()):
                 staging_root.rmdir()
             (root / f".{POINTER}.tmp").write_text(tag)
             os.replace(root / f".{POINTER}.tmp", root / POINTER)
-            _fsync_dir(root)
+            fsync_dir(root)
             faults.inject(f"checkpoint-done:{tag}")
             prune(root, keep)
     except OSError as exc:  # e.g. a full disk: drop the half-written copy, keep every complete checkpoint
@@ -206,7 +174,7 @@ def problem_with(checkpoint: Path) -> Optional[str]:
             return f"{name} is missing"
         if path.stat().st_size != expected["size"]:
             return f"{name} has {path.stat().st_size} bytes, {expected['size']} were written"
-        if _sha256(path) != expected["sha256"]:
+        if file_sha256(path) != expected["sha256"]:
             return f"{name} is corrupted (its SHA-256 differs from the one recorded when it was written)"
     return None
 

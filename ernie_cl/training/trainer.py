@@ -18,6 +18,7 @@ from typing import Any, Optional
 import torch
 
 from ernie_cl.config.schedule import load_deepspeed_config, load_model_config, load_schedule
+from ernie_cl.data.durable import write_json_durably
 from ernie_cl.data.examples import ExampleStream, to_device
 from ernie_cl.data.preparation import default_cache_dir, prepare
 from ernie_cl.errors import CheckpointError, TrainingError
@@ -302,7 +303,7 @@ def _newest(run_dir: Path) -> str:
 
 def _write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     if distributed.is_main():
-        ckpt.write_json_durably(run_dir / "summary.json", summary)
+        write_json_durably(run_dir / "summary.json", summary)
 
 
 def _slug(name: str) -> str:

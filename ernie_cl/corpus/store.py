@@ -1,0 +1,181 @@
+"""The document store: parsed documents in Arrow shard files, decoded only when read.
+
+A corpus is never a list of Python objects: documents are written one at a time by
+``StoreWriter`` into shards of about ``shard_chars`` characters of text (nested columns: sections
+-> paragraphs -> sentences with entity and phrase spans), and read back through ``DocumentView``,
+a sequence that decodes a document (or a run of them, shard by shard) when asked. Beside the
+shards, three small per-document arrays (8-byte id hash, characters, sentences) let the held-out
+split, shard bounds and statistics be computed without decoding anything::
+
+    CACHE/corpus/<key>/
+      docs-00000.arrow ...   the shards, memory-mapped when read
+      documents.npz          id hash (uint64), characters, sentences of every document, in order
+      store.json             the shards with their document counts
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+
+from ernie_cl.corpus.document import Document
+
+STORE_FILE = "store.json"
+ARRAYS_FILE = "documents.npz"
+SHARD_CHARS = 8_000_000  # about 8 MB of text a shard: what one worker holds at a time
+READ_BATCH = 256  # documents decoded together when iterating
+
+
+def id_hash(doc_id: str) -> int:
+    """The first 8 bytes of sha256(id), big-endian: the held-out split reads it as a fraction."""
+    return int.from_bytes(hashlib.sha256(doc_id.encode("utf-8")).digest()[:8], "big")
+
+
+def _schema():
+    import pyarrow as pa
+
+    span = pa.list_(pa.int32())
+    sentence = pa.struct([("text", pa.string()), ("entities", pa.list_(span)), ("phrases", pa.list_(span))])
+    section = pa.struct([("heading", pa.string()), ("paragraphs", pa.list_(pa.list_(sentence)))])
+    return pa.schema([("id", pa.string()), ("title", pa.string()), ("sections", pa.list_(section))])
+
+
+class StoreWriter:
+    """Append documents; a shard is written whenever the buffered text reaches ``shard_chars``."""
+
+    def __init__(self, folder: Path, shard_chars: int = SHARD_CHARS):
+        self.folder = folder
+        self.shard_chars = shard_chars
+        folder.mkdir(parents=True, exist_ok=True)
+        self._rows: list[dict[str, Any]] = []
+        self._buffered = 0
+        self.shards: list[dict[str, Any]] = []
+        self.hashes: list[int] = []
+        self.chars: list[int] = []
+        self.sentences: list[int] = []
+        self.counts = dict.fromkeys(("documents", "sections", "paragraphs", "sentences", "characters", "entities",
+                                     "phrases"), 0)
+
+    def add(self, document: Document) -> None:
+        chars = sum(len(s.text) for s in document.sentences())
+        counts = self.counts
+        counts["documents"] += 1
+        counts["sections"] += len(document.sections)
+        for paragraph in document.paragraphs():
+            counts["paragraphs"] += 1
+            counts["sentences"] += len(paragraph)
+            counts["entities"] += sum(len(s.entities) for s in paragraph)
+            counts["phrases"] += sum(len(s.phrases) for s in paragraph)
+        counts["characters"] += chars
+        self._rows.append(document.to_dict())
+        self.hashes.append(id_hash(document.id))
+        self.chars.append(chars)
+        self.sentences.append(document.num_sentences())
+        self._buffered += chars
+        if self._buffered >= self.shard_chars:
+            self._flush()
+
+    def __len__(self) -> int:
+        return len(self.hashes)
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+
+        if not self._rows:
+            return
+        name = f"docs-{len(self.shards):05d}.arrow"
+        table = pa.Table.from_pylist(self._rows, schema=_schema())
+        with pa.OSFile(str(self.folder / name), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+            writer.write_table(table)
+        self.shards.append({"file": name, "documents": len(self._rows)})
+        self._rows, self._buffered = [], 0
+
+    def close(self) -> None:
+        """Write the last shard, the per-document arrays and the shard list."""
+        self._flush()
+        np.savez(self.folder / ARRAYS_FILE, hashes=np.array(self.hashes, dtype=np.uint64),
+                 chars=np.array(self.chars, dtype=np.int64), sentences=np.array(self.sentences, dtype=np.int64))
+        (self.folder / STORE_FILE).write_text(json.dumps({"shards": self.shards}), encoding="utf-8")
+
+
+class DocumentStore:
+    """The shards of one store, opened memory-mapped on first use."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.shards = json.loads((folder / STORE_FILE).read_text(encoding="utf-8"))["shards"]
+        with np.load(folder / ARRAYS_FILE) as arrays:
+            self.hashes, self.chars, self.sentences = arrays["hashes"], arrays["chars"], arrays["sentences"]
+        self.starts = np.cumsum([0] + [s["documents"] for s in self.shards])
+        self._tables: dict[int, Any] = {}
+
+    def __len__(self) -> int:
+        return int(self.starts[-1])
+
+    def table(self, shard: int):
+        import pyarrow as pa
+
+        if shard not in self._tables:
+            source = pa.memory_map(str(self.folder / self.shards[shard]["file"]), "r")
+            self._tables[shard] = pa.ipc.open_file(source).read_all()
+        return self._tables[shard]
+
+    def decode(self, start: int, end: int) -> list[Document]:
+        """Documents ``start`` .. ``end - 1`` (store order), decoded."""
+        out: list[Document] = []
+        while start < end:
+            shard = int(np.searchsorted(self.starts, start, side="right") - 1)
+            stop = min(end, int(self.starts[shard + 1]))
+            rows = self.table(shard).slice(start - int(self.starts[shard]), stop - start).to_pylist()
+            out.extend(Document.from_dict(row) for row in rows)
+            start = stop
+        return out
+
+    def view(self, indices: Union[np.ndarray, None] = None) -> "DocumentView":
+        return DocumentView(self, np.arange(len(self), dtype=np.int64) if indices is None else np.asarray(indices, np.int64))
+
+
+class DocumentView(Sequence):
+    """Some documents of a store, in store order: a read-only sequence that decodes on access.
+    Equal to a list (or view) with the same documents."""
+
+    def __init__(self, store: DocumentStore, indices: np.ndarray):
+        self.store = store
+        self.indices = indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, key):
+        if isinstance(key, slice):
+            return DocumentView(self.store, self.indices[key])
+        index = int(self.indices[key])
+        return self.store.decode(index, index + 1)[0]
+
+    def __iter__(self) -> Iterator[Document]:
+        for start in range(0, len(self.indices), READ_BATCH):
+            chunk = self.indices[start : start + READ_BATCH]
+            if len(chunk) and chunk[-1] - chunk[0] == len(chunk) - 1:  # a contiguous run: one read
+                yield from self.store.decode(int(chunk[0]), int(chunk[-1]) + 1)
+            else:
+                for index in chunk:
+                    yield self.store.decode(int(index), int(index) + 1)[0]
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, DocumentView) and other.store is self.store:
+            return bool(np.array_equal(self.indices, other.indices))
+        if isinstance(other, (list, tuple, DocumentView)):
+            return len(self) == len(other) and all(a == b for a, b in zip(self, other))
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"DocumentView({len(self)} documents of {self.store.folder})"
+
+    def char_counts(self) -> np.ndarray:
+        """Characters of text of every document, read from the store's arrays (nothing decoded)."""
+        return self.store.chars[self.indices]

@@ -1,0 +1,61 @@
+"""The document store: documents stream into Arrow shards and read back exactly, decoded on access."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+
+from conftest import random_document
+from ernie_cl.corpus import load_corpus, split_heldout
+from ernie_cl.corpus.loader import heldout_mask
+from ernie_cl.corpus.store import DocumentStore, StoreWriter, id_hash
+
+
+def stored(tmp_path, documents, shard_chars):
+    writer = StoreWriter(tmp_path / "store", shard_chars=shard_chars)
+    for document in documents:
+        writer.add(document)
+    writer.close()
+    return DocumentStore(tmp_path / "store"), writer
+
+
+def test_documents_stream_into_bounded_shards_and_read_back_exactly(tmp_path):
+    rng = random.Random(5)
+    documents = [random_document(rng, f"doc{i}") for i in range(50)]
+    store, writer = stored(tmp_path, documents, shard_chars=6000)
+    assert len(store.shards) > 5 and sum(s["documents"] for s in store.shards) == 50
+    view = store.view()
+    assert list(view) == documents and view == documents and len(view) == 50
+    assert view[17] == documents[17] and view[-1] == documents[-1]
+    assert list(view[10:30:3]) == documents[10:30:3]
+    picked = store.view(np.array([0, 7, 8, 9, 41]))  # not contiguous: decoded one by one
+    assert list(picked) == [documents[i] for i in (0, 7, 8, 9, 41)]
+    assert view.char_counts().tolist() == [sum(len(s.text) for s in d.sentences()) for d in documents]
+    assert writer.counts["documents"] == 50 and writer.counts["sentences"] == sum(d.num_sentences() for d in documents)
+    assert store.hashes.tolist() == [id_hash(d.id) for d in documents]
+
+
+def test_the_split_from_stored_hashes_is_the_split_of_the_list(tmp_path):
+    rng = random.Random(6)
+    documents = [random_document(rng, f"doc{i}") for i in range(200)]
+    store, _ = stored(tmp_path, documents, shard_chars=20000)
+    for fraction in (0.0, 0.1, 0.5, 0.999999):
+        mask = heldout_mask(store.hashes, fraction)
+        train, heldout = split_heldout(documents, fraction)
+        assert [documents[i] for i in np.nonzero(~mask)[0]] == train
+        assert [documents[i] for i in np.nonzero(mask)[0]] == heldout and train and heldout
+
+
+def test_a_loaded_corpus_is_a_view_of_its_store(tmp_path):
+    folder = tmp_path / "txt"
+    folder.mkdir()
+    for i in range(6):
+        (folder / f"{i}.txt").write_text(f"Document {i} starts here. It has two sentences.\n\nAnd a second paragraph.\n")
+    corpus = load_corpus("txt", folder, cache_dir=tmp_path / "cache", eval_fraction=0.3, show_progress=False)
+    again = load_corpus("txt", folder, cache_dir=tmp_path / "cache", eval_fraction=0.3, show_progress=False)
+    assert again.from_cache and not corpus.from_cache
+    assert list(again.documents) == list(corpus.documents) and len(corpus.documents) == 6
+    assert (list(corpus.train), list(corpus.heldout)) == split_heldout(list(corpus.documents), 0.3)
+    assert corpus.stats["documents"] == 6 and corpus.stats["paragraphs"] == 12
+    assert not list(corpus.cache_path.parent.glob(".*tmp*"))  # the staging folder is gone
