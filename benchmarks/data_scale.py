@@ -7,8 +7,10 @@ held-out split hashes it anew), or takes ``--corpus PATH`` (a JSONL file with ``
 seven tasks with an empty cache, in its own process, and reports:
 
 - wall time and MB of text per second (text: the UTF-8 bytes of the documents' text);
-- peak resident memory of the whole process tree (the prepare process plus its worker processes,
-  summed at each sample, sampled every 0.1 s with psutil);
+- peak memory of the whole process tree (the prepare process plus its worker processes, summed at
+  each sample, sampled every 0.1 s with psutil): RSS, which counts the pages a forked worker
+  shares with its parent once in each (an upper bound), and PSS, which splits shared pages
+  between the processes that share them (what the tree really occupies);
 - cache bytes per text byte (example sets only, and everything: corpus cache, tokenizer, examples);
 - the seconds of every preparation stage, as ``ernie-cl prepare`` prints them.
 
@@ -45,12 +47,12 @@ def bundled_records() -> list[dict]:
     sys.path.insert(0, str(ROOT))
     from ernie_cl.corpus import load_corpus
 
-    with tempfile.TemporaryDirectory() as cache:
-        corpus = load_corpus("bundled", cache_dir=cache, eval_fraction=0.1, show_progress=False)
     records = []
-    for doc in corpus.documents:
-        paragraphs = [" ".join(s.text for s in paragraph) for paragraph in doc.paragraphs()]
-        records.append({"id": doc.id, "title": doc.title, "text": "\n\n".join(paragraphs)})
+    with tempfile.TemporaryDirectory() as cache:  # the documents are read from it: use them inside
+        corpus = load_corpus("bundled", cache_dir=cache, eval_fraction=0.1, show_progress=False)
+        for doc in corpus.documents:
+            paragraphs = [" ".join(s.text for s in paragraph) for paragraph in doc.paragraphs()]
+            records.append({"id": doc.id, "title": doc.title, "text": "\n\n".join(paragraphs)})
     return records
 
 
@@ -84,14 +86,16 @@ stages:
     return path
 
 
-def tree_rss(process: psutil.Process) -> int:
-    total = 0
+def tree_memory(process: psutil.Process) -> tuple[int, int]:
+    """(RSS, PSS) summed over the process and its children."""
+    rss = pss = 0
     for p in [process, *process.children(recursive=True)]:
         try:
-            total += p.memory_info().rss
+            info = p.memory_full_info()
+            rss, pss = rss + info.rss, pss + getattr(info, "pss", info.rss)
         except psutil.Error:
             pass  # ended between listing and reading
-    return total
+    return rss, pss
 
 
 def run_prepare(schedule: Path, cache: Path, workers: int | None) -> dict:
@@ -100,14 +104,15 @@ def run_prepare(schedule: Path, cache: Path, workers: int | None) -> dict:
         command += ["--workers", str(workers)]
     start = time.perf_counter()
     child = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    process, peak, done = psutil.Process(child.pid), [0], threading.Event()
+    process, peak, done = psutil.Process(child.pid), [0, 0], threading.Event()
 
     def sample() -> None:
         while not done.is_set():
             try:
-                peak[0] = max(peak[0], tree_rss(process))
+                rss, pss = tree_memory(process)
             except psutil.Error:
                 return
+            peak[0], peak[1] = max(peak[0], rss), max(peak[1], pss)
             done.wait(0.1)
 
     sampler = threading.Thread(target=sample, daemon=True)
@@ -123,7 +128,7 @@ def run_prepare(schedule: Path, cache: Path, workers: int | None) -> dict:
         found = re.match(r"\s+(\S.*?)\s{2,}([\d.]+)(?:\s+([\d.]+) MB)?\s*$", line)
         if found and found.group(1) != "stage":
             stages[found.group(1)] = float(found.group(2))
-    return {"wall_s": wall, "peak_rss_bytes": peak[0], "stages_s": stages}
+    return {"wall_s": wall, "peak_rss_bytes": peak[0], "peak_pss_bytes": peak[1], "stages_s": stages}
 
 
 def folder_bytes(folder: Path) -> int:
@@ -150,7 +155,7 @@ def main() -> None:
             path = work / f"bundled-{k}x.jsonl"
             corpora.append((f"{k}x", path, write_corpus(records, k, path)))
     print(f"{os.cpu_count()} cores; prepare --workers {args.workers or 'default'}; all seven tasks; empty cache each")
-    print(f"{'corpus':>8} {'text MB':>8} {'wall s':>8} {'MB/s':>6} {'s/MB':>6} {'peak RSS GB':>12} "
+    print(f"{'corpus':>8} {'text MB':>8} {'wall s':>8} {'MB/s':>6} {'s/MB':>6} {'peak RSS GB':>12} {'peak PSS GB':>12} "
           f"{'examples/text':>14} {'cache/text':>11}")
     results = []
     for name, path, text in corpora:
@@ -163,7 +168,8 @@ def main() -> None:
                "examples_per_text_byte": examples / text, "cache_per_text_byte": folder_bytes(cache) / text}
         results.append(row)
         print(f"{name:>8} {text / 1e6:8.1f} {row['wall_s']:8.1f} {row['mb_per_s']:6.2f} {row['s_per_mb']:6.1f} "
-              f"{row['peak_rss_bytes'] / 1e9:12.2f} {row['examples_per_text_byte']:14.2f} {row['cache_per_text_byte']:11.2f}")
+              f"{row['peak_rss_bytes'] / 1e9:12.2f} {row['peak_pss_bytes'] / 1e9:12.2f} {row['examples_per_text_byte']:14.2f} "
+              f"{row['cache_per_text_byte']:11.2f}")
         slowest = sorted(measured["stages_s"].items(), key=lambda kv: -kv[1])[:6]
         print("         stages: " + ", ".join(f"{k} {v:.1f}s" for k, v in slowest))
         if not args.keep:
