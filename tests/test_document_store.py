@@ -59,3 +59,17 @@ def test_a_loaded_corpus_is_a_view_of_its_store(tmp_path):
     assert (list(corpus.train), list(corpus.heldout)) == split_heldout(list(corpus.documents), 0.3)
     assert corpus.stats["documents"] == 6 and corpus.stats["paragraphs"] == 12
     assert not list(corpus.cache_path.parent.glob(".*tmp*"))  # the staging folder is gone
+
+
+def test_parsing_in_two_workers_gives_the_store_of_one(tmp_path, monkeypatch):
+    import ernie_cl.corpus.loader as loader
+
+    monkeypatch.setattr(loader, "PARSE_BATCH_CHARS", 20_000)  # the bundled corpus in about 80 batches
+    one = load_corpus("bundled", cache_dir=tmp_path / "one", eval_fraction=0.1, show_progress=False, workers=1)
+    two = load_corpus("bundled", cache_dir=tmp_path / "two", eval_fraction=0.1, show_progress=False, workers=2)
+    assert len(two.documents.store.shards) > 50
+    assert list(one.documents) == list(two.documents) and one.stats == two.stats
+    assert one.stats["phrases"] > 1000 and one.stats["long_sentences_cut"] == two.stats["long_sentences_cut"]
+    capped = load_corpus("bundled", cache_dir=tmp_path / "capped", eval_fraction=0.1, show_progress=False,
+                         workers=2, max_documents=50)
+    assert [d.id for d in capped.documents] == [d.id for d in one.documents][:50]

@@ -26,7 +26,8 @@ import numpy as np
 
 from ernie_cl.corpus import cache, phrases as span_sources, readers, wiki
 from ernie_cl.corpus.document import Document
-from ernie_cl.corpus.store import DocumentStore, DocumentView, StoreWriter, id_hash
+from ernie_cl.corpus.store import DocumentStore, DocumentView, StoreWriter, finish_store, id_hash, write_shard
+from ernie_cl.corpus.workers import SHARED, ordered_map
 from ernie_cl.corpus.sentences import MAX_SENTENCE_CHARS, RawDocument, build_document
 from ernie_cl.errors import CorpusError
 
@@ -146,55 +147,131 @@ def _check_options(eval_fraction: float, max_documents: int | None, phrase_min_c
                           f"{phrase_threshold} > 0; gensim Phrases needs both")
 
 
+PARSE_BATCH_CHARS = 2_000_000  # raw text a worker parses at a time (one shard of the first pass)
+
+
 def _ingest(read: Any, stats: Counter, target: Path, *, max_documents: int | None, use_phrases: bool,
             phrase_min_count: int, phrase_threshold: float, spacy_model: str | None,
-            show_progress: bool) -> dict[str, int]:
-    """Parse the source into a store at ``target`` (a fresh folder); returns the document counts."""
+            show_progress: bool, workers: int = 1) -> dict[str, int]:
+    """Parse the source into a store at ``target`` (a fresh folder); returns the document counts.
+
+    The reader runs here; batches of its raw documents (about ``PARSE_BATCH_CHARS`` of text) are
+    split into sentences by ``workers`` processes, each writing its batch as one shard and sending
+    back the shard's arrays and phrase counts, which are merged here in reading order. A second pass
+    (in the workers too) adds the phrase and spaCy spans shard by shard. The batches depend on the
+    source alone, so the store is the same whatever the number of workers. With ``max_documents``
+    the documents are parsed one at a time here (the count decides where to stop)."""
     from ernie_cl.progress import progress_bar
 
     nlp = span_sources.load_spacy(spacy_model) if spacy_model else None  # fail before the long parse
     two_passes = use_phrases or nlp is not None
-    writer = StoreWriter(target / "pass1" if two_passes else target)
+    first_folder = target / "pass1" if two_passes else target
+    first_folder.mkdir(parents=True, exist_ok=True)
     counter = span_sources.PhraseCounter(phrase_min_count, phrase_threshold) if use_phrases else None
-    seen: set[int] = set()  # 8-byte id hashes: a duplicate id is found without keeping every id
-    # closing() stops a streaming reader early (max_documents) and closes its file
     with closing(read(stats)) as stream, progress_bar(desc="parsing corpus", unit=" docs",
                                                disable=not show_progress) as bar:
-        for raw in stream:
-            key = id_hash(raw.id)
-            if key in seen:
-                raise CorpusError(f"duplicate document id '{raw.id}' in the corpus; ids must be unique")
-            seen.add(key)
-            document = build_document(raw, stats=stats)
-            bar.update(1)
-            if document.num_sentences() == 0:
-                stats["empty_documents_dropped"] += 1
-                continue
-            writer.add(document)
-            if counter is not None:
-                counter.add(document)
-            if max_documents is not None and len(writer) >= max_documents:
-                break
-    writer.close()
+        if max_documents is not None:
+            shards = _parse_one_by_one(stream, stats, first_folder, max_documents, counter, bar)
+        else:
+            shards = []
+            for shard, batch_stats, counts in ordered_map(_parse_batch, _raw_batches(stream, bar), workers,
+                                                          folder=first_folder, phrases=use_phrases,
+                                                          phrase_options=(phrase_min_count, phrase_threshold)):
+                shards.append(shard)
+                stats.update(batch_stats)
+                if counter is not None:
+                    counter.merge(*counts)
+    counts = finish_store(first_folder, shards)
     if not two_passes:
-        return writer.counts
-    first = DocumentStore(target / "pass1")
-    frozen = counter.frozen() if counter is not None else None
-    final = StoreWriter(target)
-    with progress_bar(total=len(first), desc="adding phrase spans", unit=" docs", disable=not show_progress) as bar:
-        for start in range(0, len(first), 256):
-            batch = first.decode(start, min(start + 256, len(first)))
+        return counts
+    with progress_bar(total=len(shards), desc="adding phrase spans", unit=" shards", disable=not show_progress) as bar:
+        final = []
+        for shard, entities in ordered_map(_annotate_shard, range(len(shards)), 1 if nlp is not None else workers,
+                                           source=DocumentStore(first_folder), folder=target, nlp=nlp,
+                                           frozen=counter.frozen() if counter is not None else None):
+            final.append(shard)
             if nlp is not None:
-                stats["spacy_entities"] += span_sources.add_spacy_entities(batch, nlp)
-            for document in batch:
-                if frozen is not None:
-                    span_sources.annotate_phrases(document, frozen)
-                final.add(document)
-            bar.update(len(batch))
-    final.close()
-    del first
-    shutil.rmtree(target / "pass1")
-    return final.counts
+                stats["spacy_entities"] += entities
+            bar.update(1)
+    shutil.rmtree(first_folder)
+    return finish_store(target, final)
+
+
+def _raw_batches(stream: Iterator[RawDocument], bar: Any) -> Iterator[tuple[int, list[RawDocument]]]:
+    """(index, raw documents) of about PARSE_BATCH_CHARS of text each; refuses a duplicate id."""
+    seen: set[int] = set()  # 8-byte id hashes: a duplicate id is found without keeping every id
+    batch: list[RawDocument] = []
+    size = index = 0
+    for raw in stream:
+        _check_unique(raw, seen)
+        batch.append(raw)
+        size += sum(len(section.text) for section in raw.sections)
+        bar.update(1)
+        if size >= PARSE_BATCH_CHARS:
+            yield index, batch
+            batch, size, index = [], 0, index + 1
+    if batch:
+        yield index, batch
+
+
+def _check_unique(raw: RawDocument, seen: set[int]) -> None:
+    key = id_hash(raw.id)
+    if key in seen:
+        raise CorpusError(f"duplicate document id '{raw.id}' in the corpus; ids must be unique")
+    seen.add(key)
+
+
+def _kept(raw: RawDocument, stats: Counter) -> Document | None:
+    document = build_document(raw, stats=stats)
+    if document.num_sentences() == 0:
+        stats["empty_documents_dropped"] += 1
+        return None
+    return document
+
+
+def _parse_batch(item: tuple[int, list[RawDocument]]) -> tuple[dict[str, Any], Counter, Any]:
+    """In a worker: sentences of one batch, written as shard ``index``; its arrays, counters and
+    phrase counts go back."""
+    index, raws = item
+    stats: Counter = Counter()
+    documents = [d for d in (_kept(raw, stats) for raw in raws) if d is not None]
+    counts = None
+    if SHARED["phrases"]:
+        counter = span_sources.PhraseCounter(*SHARED["phrase_options"])
+        for document in documents:
+            counter.add(document)
+        counts = counter.counts()
+    return write_shard(SHARED["folder"], index, documents), stats, counts
+
+
+def _annotate_shard(index: int) -> tuple[dict[str, Any], int]:
+    """In a worker: first-pass shard ``index`` with its phrase (and spaCy entity) spans, written again."""
+    source: DocumentStore = SHARED["source"]
+    documents = source.decode(int(source.starts[index]), int(source.starts[index + 1]))
+    entities = span_sources.add_spacy_entities(documents, SHARED["nlp"]) if SHARED["nlp"] is not None else 0
+    if SHARED["frozen"] is not None:
+        for document in documents:
+            span_sources.annotate_phrases(document, SHARED["frozen"])
+    return write_shard(SHARED["folder"], index, documents), entities
+
+
+def _parse_one_by_one(stream: Iterator[RawDocument], stats: Counter, folder: Path, max_documents: int,
+                      counter: Any, bar: Any) -> list[dict[str, Any]]:
+    seen: set[int] = set()
+    writer = StoreWriter(folder)
+    for raw in stream:
+        _check_unique(raw, seen)
+        bar.update(1)
+        document = _kept(raw, stats)
+        if document is None:
+            continue
+        writer.add(document)
+        if counter is not None:
+            counter.add(document)
+        if len(writer) >= max_documents:
+            break
+    writer.close()
+    return writer.shards
 
 
 def _report_repairs(where: str, stats: dict[str, int]) -> None:
@@ -216,7 +293,7 @@ def load_corpus(source: str = "bundled", path: str | Path | None = None, *, cach
                 max_documents: int | None = None, eval_fraction: float = 0.05, phrases: bool = True,
                 phrase_min_count: int = 5, phrase_threshold: float = 10.0, spacy_model: str | None = None,
                 text_field: str = "text", title_field: str = "title", split: str = "train",
-                show_progress: bool = True) -> Corpus:
+                show_progress: bool = True, workers: int = 1) -> Corpus:
     """Load (parse once, then from the Arrow cache) a corpus and split off held-out documents."""
     _check_options(eval_fraction, max_documents, phrase_min_count, phrase_threshold)
     content, read = _open_source(source, path, split, text_field, title_field)
@@ -236,7 +313,7 @@ def load_corpus(source: str = "bundled", path: str | Path | None = None, *, cach
         try:
             counts = _ingest(read, stats, staging, max_documents=max_documents, use_phrases=phrases,
                              phrase_min_count=phrase_min_count, phrase_threshold=phrase_threshold,
-                             spacy_model=spacy_model, show_progress=show_progress)
+                             spacy_model=spacy_model, show_progress=show_progress, workers=workers)
             if not counts["documents"]:
                 where = f"'{path}'" if path is not None else f"source '{source}'"
                 hint = f" (or check text_field='{text_field}')" if source in ("jsonl", "hf") else ""

@@ -63,6 +63,28 @@ class PhraseCounter:
             self.model.add_vocab(self._pending)
             self._pending = []
 
+    def counts(self) -> tuple[dict[str, int], int, int]:
+        """(word and bigram counts, words seen, gensim's pruning level): what a worker sends back."""
+        self._count()
+        return self.model.vocab, self.model.corpus_word_count, self.model.min_reduce
+
+    def merge(self, vocab: dict[str, int], words: int, min_reduce: int) -> None:
+        """Add another counter's ``counts()``, the way gensim's ``add_vocab`` merges a batch."""
+        from gensim.utils import prune_vocab
+
+        model = self.model
+        self._count()
+        model.corpus_word_count += words
+        if not model.vocab:
+            model.vocab = dict(vocab)
+            return
+        model.min_reduce = max(model.min_reduce, min_reduce)
+        for word, count in vocab.items():
+            model.vocab[word] = model.vocab.get(word, 0) + count
+        if len(model.vocab) > model.max_vocab_size:
+            prune_vocab(model.vocab, model.min_reduce)
+            model.min_reduce += 1
+
     def frozen(self) -> Any:
         """The phrase model to apply (gensim's frozen form keeps only the found phrases)."""
         self._count()

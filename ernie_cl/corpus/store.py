@@ -29,6 +29,7 @@ STORE_FILE = "store.json"
 ARRAYS_FILE = "documents.npz"
 SHARD_CHARS = 8_000_000  # about 8 MB of text a shard: what one worker holds at a time
 READ_BATCH = 256  # documents decoded together when iterating
+COUNTS = ("documents", "sections", "paragraphs", "sentences", "characters", "entities", "phrases")
 
 
 def id_hash(doc_id: str) -> int:
@@ -45,62 +46,75 @@ def _schema():
     return pa.schema([("id", pa.string()), ("title", pa.string()), ("sections", pa.list_(section))])
 
 
-class StoreWriter:
-    """Append documents; a shard is written whenever the buffered text reaches ``shard_chars``."""
+def write_shard(folder: Path, index: int, documents: list[Document]) -> dict[str, Any]:
+    """Write one shard file (any process may write its own); returns what the store's manifest and
+    arrays need of it: file name, document count, per-document arrays, counts."""
+    import pyarrow as pa
 
-    def __init__(self, folder: Path, shard_chars: int = SHARD_CHARS):
-        self.folder = folder
-        self.shard_chars = shard_chars
-        folder.mkdir(parents=True, exist_ok=True)
-        self._rows: list[dict[str, Any]] = []
-        self._buffered = 0
-        self.shards: list[dict[str, Any]] = []
-        self.hashes: list[int] = []
-        self.chars: list[int] = []
-        self.sentences: list[int] = []
-        self.counts = dict.fromkeys(("documents", "sections", "paragraphs", "sentences", "characters", "entities",
-                                     "phrases"), 0)
-
-    def add(self, document: Document) -> None:
-        chars = sum(len(s.text) for s in document.sentences())
-        counts = self.counts
-        counts["documents"] += 1
+    name = f"docs-{index:05d}.arrow"
+    table = pa.Table.from_pylist([d.to_dict() for d in documents], schema=_schema())
+    with pa.OSFile(str(folder / name), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    counts = dict.fromkeys(COUNTS, 0)
+    chars, sentences = [], []
+    for document in documents:
         counts["sections"] += len(document.sections)
         for paragraph in document.paragraphs():
             counts["paragraphs"] += 1
             counts["sentences"] += len(paragraph)
             counts["entities"] += sum(len(s.entities) for s in paragraph)
             counts["phrases"] += sum(len(s.phrases) for s in paragraph)
-        counts["characters"] += chars
-        self._rows.append(document.to_dict())
-        self.hashes.append(id_hash(document.id))
-        self.chars.append(chars)
-        self.sentences.append(document.num_sentences())
-        self._buffered += chars
+        chars.append(sum(len(s.text) for s in document.sentences()))
+        sentences.append(document.num_sentences())
+    counts["documents"], counts["characters"] = len(documents), sum(chars)
+    return {"file": name, "documents": len(documents), "hashes": [id_hash(d.id) for d in documents],
+            "chars": chars, "sentences": sentences, "counts": counts}
+
+
+def finish_store(folder: Path, shards: list[dict[str, Any]]) -> dict[str, int]:
+    """Write the per-document arrays and the shard list of shards written by ``write_shard`` (in
+    reading order); returns the store's counts."""
+    join = lambda key, dtype: np.array([x for s in shards for x in s[key]], dtype=dtype)  # noqa: E731
+    np.savez(folder / ARRAYS_FILE, hashes=join("hashes", np.uint64), chars=join("chars", np.int64),
+             sentences=join("sentences", np.int64))
+    (folder / STORE_FILE).write_text(json.dumps({"shards": [{"file": s["file"], "documents": s["documents"]}
+                                                            for s in shards]}), encoding="utf-8")
+    return {key: sum(s["counts"][key] for s in shards) for key in COUNTS}
+
+
+class StoreWriter:
+    """Append documents one at a time; a shard is written whenever the buffered text reaches
+    ``shard_chars``."""
+
+    def __init__(self, folder: Path, shard_chars: int = SHARD_CHARS):
+        self.folder = folder
+        self.shard_chars = shard_chars
+        folder.mkdir(parents=True, exist_ok=True)
+        self._documents: list[Document] = []
+        self._buffered = 0
+        self._written = 0
+        self.shards: list[dict[str, Any]] = []
+        self.counts: dict[str, int] = {}
+
+    def add(self, document: Document) -> None:
+        self._documents.append(document)
+        self._written += 1
+        self._buffered += sum(len(s.text) for s in document.sentences())
         if self._buffered >= self.shard_chars:
             self._flush()
 
     def __len__(self) -> int:
-        return len(self.hashes)
+        return self._written
 
     def _flush(self) -> None:
-        import pyarrow as pa
-
-        if not self._rows:
-            return
-        name = f"docs-{len(self.shards):05d}.arrow"
-        table = pa.Table.from_pylist(self._rows, schema=_schema())
-        with pa.OSFile(str(self.folder / name), "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-            writer.write_table(table)
-        self.shards.append({"file": name, "documents": len(self._rows)})
-        self._rows, self._buffered = [], 0
+        if self._documents:
+            self.shards.append(write_shard(self.folder, len(self.shards), self._documents))
+        self._documents, self._buffered = [], 0
 
     def close(self) -> None:
         """Write the last shard, the per-document arrays and the shard list."""
         self._flush()
-        np.savez(self.folder / ARRAYS_FILE, hashes=np.array(self.hashes, dtype=np.uint64),
-                 chars=np.array(self.chars, dtype=np.int64), sentences=np.array(self.sentences, dtype=np.int64))
-        (self.folder / STORE_FILE).write_text(json.dumps({"shards": self.shards}), encoding="utf-8")
+        self.counts = finish_store(self.folder, self.shards)
 
 
 class DocumentStore:

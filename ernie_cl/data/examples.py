@@ -21,10 +21,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import multiprocessing
 import os
 import random
-from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -33,6 +31,7 @@ import numpy as np
 import torch
 
 from ernie_cl.corpus.document import Document
+from ernie_cl.corpus.workers import SHARED, ordered_map
 from ernie_cl.data import example_store as store
 from ernie_cl.errors import CorpusError, DataBuildError, ErnieClError
 
@@ -85,7 +84,7 @@ def build_examples(task, documents: Sequence[Document], seed: int, workers: int 
         task.fit(documents)
         bounds = [(round(i * len(documents) / (4 * workers)), round((i + 1) * len(documents) / (4 * workers)))
                   for i in range(4 * workers)]
-        parts = list(_in_workers(workers if len(documents) >= 2 * workers else 1, _build_forked_range, bounds,
+        parts = list(ordered_map(_build_forked_range, bounds, workers if len(documents) >= 2 * workers else 1,
                                  task=task, documents=documents, seed=seed))
         return {c: [row for part in parts for row in part[c]] for c in columns_of(task)}
 
@@ -112,41 +111,18 @@ def _reported(task, documents: int) -> Iterator[None]:
                              "the traceback") from exc
 
 
-# What forked workers read: set just before the pool forks, so nothing large is pickled to them.
-_FORKED: dict[str, Any] = {}
-
-
 def _build_forked_range(bounds: tuple[int, int]) -> dict[str, list[list[int]]]:
     start, end = bounds
-    return _build_shard(_FORKED["task"], _FORKED["documents"][start:end], _FORKED["seed"])
+    return _build_shard(SHARED["task"], SHARED["documents"][start:end], SHARED["seed"])
 
 
 def _write_forked_shard(index: int) -> tuple[int, dict[str, Any]]:
     """Build one document shard's examples and write them to the set's folder; only the marker
     (a few counts) goes back to the parent."""
-    f = _FORKED
+    f = SHARED
     start, end = f["bounds"][index]
     rows = _build_shard(f["task"], f["documents"][start:end], f["seed"])
     return index, store.write_shard(f["folder"], index, rows, f["types"], f["task"].tokenizer.sep_id, f["point"])
-
-
-def _in_workers(workers: int, function, items: Sequence[Any], **shared: Any) -> Iterator[Any]:
-    """``function`` over ``items`` (in order), in ``workers`` forked processes (in this one for 1).
-    ``shared`` is what the workers read (inherited by the fork, never pickled)."""
-    can_fork = "fork" in multiprocessing.get_all_start_methods()
-    _FORKED.update(shared)
-    try:
-        if workers <= 1 or len(items) < 2 or not can_fork:
-            for item in items:
-                yield function(item)
-            return
-        os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the Rust pool must not be used across a fork
-        # an executor, not multiprocessing.Pool: a worker that dies breaks the pool (an error here)
-        # where Pool would wait for its result forever
-        with ProcessPoolExecutor(min(workers, len(items)), mp_context=multiprocessing.get_context("fork")) as pool:
-            yield from pool.map(function, items)
-    finally:
-        _FORKED.clear()
 
 
 def cached_examples(task, documents: Sequence[Document], *, split: str, seed: int, corpus_fingerprint: str,
@@ -169,9 +145,9 @@ def cached_examples(task, documents: Sequence[Document], *, split: str, seed: in
         with _reported(task, len(documents)), progress_bar(total=len(missing), desc=f"{task.name} {split} examples",
                                                            unit=" shards", disable=not show_progress) as bar:
             task.fit(documents)
-            for index, marker in _in_workers(workers, _write_forked_shard, missing, task=task, documents=documents,
-                                             seed=seed, bounds=bounds, folder=folder, types=types,
-                                             point=f"example-shard:{task.name}/{split}"):
+            for index, marker in ordered_map(_write_forked_shard, missing, workers if len(missing) > 1 else 1,
+                                             task=task, documents=documents, seed=seed, bounds=bounds, folder=folder,
+                                             types=types, point=f"example-shard:{task.name}/{split}"):
                 bar.update(1)
                 yield index, marker
 

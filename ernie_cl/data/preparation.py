@@ -54,7 +54,9 @@ def _folder_bytes(folder: Optional[Path]) -> Optional[int]:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file()) if folder and folder.is_dir() else None
 
 
-def load_schedule_corpus(schedule: ScheduleConfig, cache_dir: Path, show_progress: bool = True) -> Corpus:
+def load_schedule_corpus(schedule: ScheduleConfig, cache_dir: Path, show_progress: bool = True,
+                         workers: Optional[int] = None) -> Corpus:
+    """The schedule's corpus (parsed by ``workers`` processes on a cache miss; default as for examples)."""
     c = schedule.corpus
     return load_corpus(
         source=c.source,
@@ -70,6 +72,7 @@ def load_schedule_corpus(schedule: ScheduleConfig, cache_dir: Path, show_progres
         title_field=c.title_field,
         split=c.split,
         show_progress=show_progress,
+        workers=workers or schedule.training.data_workers or os.cpu_count() or 1,
     )
 
 
@@ -100,7 +103,7 @@ def prepare(
     cache_dir = Path(cache_dir or default_cache_dir())
     report: list[dict[str, Any]] = []
     with _timed(report, "corpus") as entry:
-        corpus = load_schedule_corpus(schedule, cache_dir, show_progress)
+        corpus = load_schedule_corpus(schedule, cache_dir, show_progress, workers)
         entry["bytes"] = _folder_bytes(corpus.cache_path)
     with _timed(report, "tokenizer"):
         tokenizer = schedule_tokenizer(schedule, corpus, cache_dir, model_cfg)
