@@ -8,17 +8,21 @@ self-supervised stand-in from document structure, with a real lexical ranker pla
 engine:
 
 - passages: every paragraph of the split cut into runs of at most ``passage_sentences``
-  consecutive sentences; all passages of the split (untitled documents too) form one BM25 index
-  (``bm25s``, Lucene scoring, English stop words removed), built in ``fit``;
+  consecutive sentences; the passages (untitled documents too) form BM25 indexes (``bm25s``,
+  Lucene scoring, English stop words removed), built in ``fit``: one per bucket, a run of documents
+  with ``bm25_bucket_chars`` (20 million) characters of passage text, so that the cost stays linear
+  in the corpus and only one index is in memory at a time. A split smaller than that (the bundled
+  corpus is 3 million) is one bucket: one index over the whole split. Beyond it, "shown high in
+  the results" means high among the query's bucket;
 - queries: for every section with text of a document WITH a title: the title for the lead section
   (heading ""), "title heading" for the other sections. Untitled documents ask no query;
 - strong (0): a passage of the query's own section, drawn at random: what the searcher clicked;
-- weak (1): the passage of ANOTHER document that BM25 ranks highest for the query: shown high in
+- weak (1): the passage of ANOTHER document (of the bucket) that BM25 ranks highest for the query: shown high in
   the results but not what was wanted. The ranking keeps the ``top_k`` best other-document
   passages with a positive score. When the query's words occur in no other document (a rare
   title), the query is expanded with the first passage of its section (pseudo-relevance feedback)
   and ranked again;
-- irrelevant (2): a random passage of another document outside that top-k list.
+- irrelevant (2): a random passage of another document of the whole split, outside that top-k list.
 
 Every query yields exactly one example of each class (classes balanced by construction); a query
 with no weak candidate even after expansion, or no irrelevant candidate, yields none. A split needs
@@ -40,6 +44,7 @@ import hashlib
 import json
 import logging
 import random
+from array import array
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
@@ -51,6 +56,7 @@ from ernie_cl.data.tokenizer import TextTokenizer
 from ernie_cl.errors import ConfigError, CorpusError
 
 from ._segments import SentenceTask, join_segments, split_segments
+from ._text_table import RunsById, TextTable
 from .base import register_task
 
 RELEVANCE = ("strong", "weak", "irrelevant")
@@ -161,19 +167,20 @@ class IrRelevance(SentenceTask):
         "passage_sentences": 3,  # a passage is at most this many consecutive sentences of a paragraph
         "top_k": 10,  # BM25 results (other documents) that count as shown: weak = the 1st; irrelevant from outside
         "data_file": None,  # TSV/JSONL of real (query, passage, label) rows used instead of the corpus
+        "bm25_bucket_chars": 20_000_000,  # one BM25 index per run of documents with this much passage text
     }
 
     def __init__(self, tokenizer: TextTokenizer, seq_len: int, options: dict[str, Any] | None = None):
         super().__init__(tokenizer, seq_len, options)
-        self.passages: list[str] = []
-        self.passage_doc: list[str] = []  # id of the document each passage comes from
+        self.passages = TextTable()  # every passage of the split, document after document
+        self.passage_owner = np.zeros(0, dtype=np.int64)  # position in the split of each passage's document
         self.queries: dict[str, list[Query]] = {}  # document id -> its queries
         self.expanded_queries = 0  # queries ranked again with their section's first passage
-        self._doc_span: dict[str, range] = {}
+        self._doc_runs = RunsById()  # document id -> the run of its passages
         self._rows: dict[str, list[tuple[str, str, int]]] = {}  # data_file mode: document id -> rows
 
     def validate_options(self) -> None:
-        for key in ("passage_sentences", "top_k"):
+        for key in ("passage_sentences", "top_k", "bm25_bucket_chars"):
             value = self.options[key]
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"task 'ir_relevance': {key}={value!r} must be an integer >= 1, e.g. {self.default_options[key]}")
@@ -196,37 +203,55 @@ class IrRelevance(SentenceTask):
         if self.options["data_file"] is not None:
             self._fit_rows(documents)
             return
-        titled = sum(1 for doc in documents if doc.title.strip() and doc.num_sentences())
-        with_text = sum(1 for doc in documents if doc.num_sentences())
+        size, bucket_chars = self.options["passage_sentences"], self.options["bm25_bucket_chars"]
+        self.passages, self._doc_runs, self.queries, self.expanded_queries = TextTable(), RunsById(), {}, 0
+        owners = array("q")  # the position in the split of each passage's document
+        titled = with_text = bucket_start = bucket_text = 0
+        pending: list[tuple[str, str, range, range]] = []  # (doc id, query, section's passages, document's)
+        for ordinal, doc in enumerate(documents):
+            has_text = doc.num_sentences() > 0
+            titled, with_text = titled + bool(has_text and doc.title.strip()), with_text + has_text
+            start, sections = len(self.passages), []
+            for section in doc.sections:
+                first = len(self.passages)
+                for paragraph in section.paragraphs:
+                    for passage in cut_passages([s.text for s in paragraph], size):
+                        self.passages.append(passage)
+                        bucket_text += len(passage)
+                if doc.title.strip() and len(self.passages) > first:
+                    sections.append((query_text(doc.title.strip(), section.heading.strip()), range(first, len(self.passages))))
+            own = range(start, len(self.passages))
+            owners.extend([ordinal] * len(own))
+            self._doc_runs.add(doc.id, own.start, own.stop)
+            pending += [(doc.id, text, passages, own) for text, passages in sections]
+            if bucket_text >= bucket_chars:  # buckets end at a document's end
+                self._rank_bucket(bucket_start, len(self.passages), pending)
+                bucket_start, bucket_text, pending = len(self.passages), 0, []
         if titled < 1 or with_text < 2:
             raise CorpusError(f"task 'ir_relevance' needs a document with a title and text (titles and headings are its queries) "
                               f"and another document with text in the split; found {titled} titled of {with_text} with text "
                               f"among {len(documents)}: use a larger or titled corpus, or give data_file")
-        size = self.options["passage_sentences"]
-        self.passages, self.passage_doc, self._doc_span, sections = [], [], {}, []
-        for doc in documents:
-            start = len(self.passages)
-            for index, section in enumerate(doc.sections):
-                first = len(self.passages)
-                for paragraph in section.paragraphs:
-                    self.passages += cut_passages([s.text for s in paragraph], size)
-                if doc.title.strip() and len(self.passages) > first:
-                    sections.append((doc.id, query_text(doc.title.strip(), section.heading.strip()), range(first, len(self.passages))))
-            self.passage_doc += [doc.id] * (len(self.passages) - start)
-            self._doc_span[doc.id] = range(start, len(self.passages))
-        ranker = Bm25Ranker(self.passages)
+        if len(self.passages) > bucket_start:
+            self._rank_bucket(bucket_start, len(self.passages), pending)
+        self._doc_runs.freeze()
+        self.passage_owner = np.frombuffer(owners, dtype=np.int64) if len(owners) else np.zeros(0, np.int64)
+
+    def _rank_bucket(self, lo: int, hi: int, pending: list[tuple[str, str, range, range]]) -> None:
+        """BM25 over passages [lo, hi) (one bucket); every query of the bucket's documents gets its
+        top-k passages of other documents of the bucket. The index is dropped afterwards."""
+        ranker = Bm25Ranker([self.passages[i] for i in range(lo, hi)])
         k = self.options["top_k"]
-        texts = [text for _, text, _ in sections]
-        rankings = [ranker.rank(terms, self._doc_span[doc_id], k) for (doc_id, _, _), terms in zip(sections, ranker.terms(texts))]
+        local = [range(own.start - lo, own.stop - lo) for _, _, _, own in pending]
+        texts = [text for _, text, _, _ in pending]
+        rankings = [ranker.rank(terms, own, k) for own, terms in zip(local, ranker.terms(texts))]
         # A query whose words occur in no other document: expand it with its section's first passage.
         missing = [i for i, ranked in enumerate(rankings) if not ranked]
-        expanded = ranker.terms([f"{texts[i]} {self.passages[sections[i][2].start]}" for i in missing])
+        expanded = ranker.terms([f"{texts[i]} {self.passages[pending[i][2].start]}" for i in missing])
         for i, terms in zip(missing, expanded):
-            rankings[i] = ranker.rank(terms, self._doc_span[sections[i][0]], k)
-        self.expanded_queries = len(missing)
-        self.queries = {}
-        for (doc_id, text, own), ranked in zip(sections, rankings):
-            self.queries.setdefault(doc_id, []).append(Query(text, tuple(own), tuple(ranked)))
+            rankings[i] = ranker.rank(terms, local[i], k)
+        self.expanded_queries += len(missing)
+        for (doc_id, text, passages, _), ranked in zip(pending, rankings):
+            self.queries.setdefault(doc_id, []).append(Query(text, tuple(passages), tuple(lo + r for r in ranked)))
 
     def _fit_rows(self, documents: Sequence[Document]) -> None:
         if not documents:
@@ -245,7 +270,7 @@ class IrRelevance(SentenceTask):
             if not query.ranked:
                 continue
             strong = rng.choice(query.passages)
-            irrelevant = self._draw_irrelevant(self._doc_span[doc.id], set(query.ranked), rng)
+            irrelevant = self._draw_irrelevant(self._doc_runs.get(doc.id), set(query.ranked), rng)
             if irrelevant is not None:
                 chosen += [(query, strong, STRONG), (query, query.ranked[0], WEAK), (query, irrelevant, IRRELEVANT)]
         return chosen

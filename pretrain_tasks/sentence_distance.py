@@ -24,16 +24,13 @@ text, one of them with 3 or more sentences.
 from __future__ import annotations
 
 import random
-from array import array
 from typing import Any, ClassVar, Sequence
 
-import numpy as np
-
 from ernie_cl.corpus.document import Document
-from ernie_cl.corpus.store import id_hash
 from ernie_cl.errors import ConfigError, CorpusError
 
 from ._segments import SentenceTask, join_segments, split_segments
+from ._text_table import RunsById, TextTable
 from .base import register_task
 
 CLASS_NAMES = ("adjacent", "same document, not adjacent", "different documents")
@@ -53,9 +50,7 @@ class SentenceDistance(SentenceTask):
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)
-        # the split's sentences, set by fit: UTF-8 text, sentence offsets, sorted id hashes, their runs
-        self._text, self._offsets = bytearray(), np.zeros(1, dtype=np.int64)
-        self._hashes, self._runs = np.zeros(0, dtype=np.uint64), np.zeros((0, 2), dtype=np.int64)
+        self._pool, self._runs = TextTable(), RunsById()  # the split's sentences, set by fit
 
     def validate_options(self) -> None:
         rate = self.options["pairs_per_sentence"]
@@ -70,59 +65,35 @@ class SentenceDistance(SentenceTask):
         return CLASS_NAMES[label]
 
     def fit(self, documents: Sequence[Document]) -> None:
-        # Every sentence of the split, document after document, in one UTF-8 buffer with offsets (no
-        # Python object per sentence: about a byte a character, and forked workers share its pages
-        # instead of copying them as reference counts change); a document's own sentences are the
-        # run [start, end) of its id, so drawing "another document's sentence" needs no retries.
-        self._text, offsets = bytearray(), array("q", [0])
-        hashes, starts, ends = array("Q"), array("q"), array("q")
-        long_docs = with_text = 0
+        # Every sentence of the split, document after document (a compact TextTable); a document's
+        # own sentences are its run, so drawing "another document's sentence" needs no retries.
+        self._pool, self._runs = TextTable(), RunsById()
+        long_docs = 0
         for doc in documents:
             texts = texts_of(doc)
             if texts:
-                with_text += 1
-                hashes.append(id_hash(doc.id))
-                starts.append(len(offsets) - 1)
+                start = len(self._pool)
                 for text in texts:
-                    self._text += text.encode("utf-8")
-                    offsets.append(len(self._text))
-                ends.append(len(offsets) - 1)
+                    self._pool.append(text)
+                self._runs.add(doc.id, start, len(self._pool))
             long_docs += len(texts) >= 3
-        if with_text < 2 or long_docs < 1:
+        self._runs.freeze()
+        if len(self._runs) < 2 or long_docs < 1:
             raise CorpusError(
                 f"task 'sentence_distance' needs at least 2 documents with text, one of them with 3 or more sentences; "
-                f"this split has {with_text} document(s) with text, {long_docs} with 3+ sentences: "
+                f"this split has {len(self._runs)} document(s) with text, {long_docs} with 3+ sentences: "
                 "use a larger corpus (or a larger eval_fraction for the held-out split)"
             )
-        self._offsets = np.frombuffer(offsets, dtype=np.int64)
-        order = np.argsort(np.frombuffer(hashes, dtype=np.uint64), kind="stable")
-        self._hashes = np.frombuffer(hashes, dtype=np.uint64)[order]
-        self._runs = np.stack([np.frombuffer(starts, dtype=np.int64), np.frombuffer(ends, dtype=np.int64)], 1)[order]
         self.report_skipped(len(documents) - long_docs, len(documents),
                             "have fewer than 3 sentences (their sentences still serve as different-document partners)")
 
-    @property
-    def _pool_size(self) -> int:
-        return len(self._offsets) - 1
-
-    def _sentence(self, index: int) -> str:
-        return self._text[self._offsets[index]: self._offsets[index + 1]].decode("utf-8")
-
-    def _run_of(self, doc_id: str) -> tuple[int, int]:
-        """The pool positions [start, end) of the document's own sentences ((0, 0) if it has none)."""
-        key = np.uint64(id_hash(doc_id))
-        at = int(np.searchsorted(self._hashes, key))
-        if at < len(self._hashes) and self._hashes[at] == key:
-            return int(self._runs[at, 0]), int(self._runs[at, 1])
-        return 0, 0
-
     def other_document_sentence(self, doc_id: str, rng: random.Random) -> str:
-        start, end = self._run_of(doc_id)
-        k = rng.randrange(self._pool_size - (end - start))
-        return self._sentence(k + (end - start) if k >= start else k)  # skip over the document's own run
+        own = self._runs.get(doc_id)
+        k = rng.randrange(len(self._pool) - len(own))
+        return self._pool[k + len(own) if k >= own.start else k]  # skip over the document's own run
 
     def build_examples(self, doc: Document, rng: random.Random) -> list[dict[str, list[int]]]:
-        if not self._pool_size:
+        if not len(self._pool):
             raise RuntimeError("task 'sentence_distance': call fit(documents) on the split before build_examples")
         sentences = texts_of(doc)
         n = len(sentences)

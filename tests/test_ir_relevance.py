@@ -64,7 +64,8 @@ def test_strong_weak_and_irrelevant_passages_follow_their_definitions(tokenizer,
     task.fit(docs)
     passages = [(doc.id, " ".join(s.text for s in p[i:i + size]))
                 for doc in docs for section in doc.sections for p in section.paragraphs for i in range(0, len(p), size)]
-    assert [text for _, text in passages] == task.passages and [d for d, _ in passages] == task.passage_doc
+    owner_of = lambda index: docs[task.passage_owner[index]].id  # noqa: E731
+    assert [text for _, text in passages] == task.passages and [d for d, _ in passages] == list(map(owner_of, range(len(passages))))
     owner = np.array([d for d, _ in passages])
     for doc in docs:
         plan = task.plan(doc, random.Random(doc.id))
@@ -73,9 +74,9 @@ def test_strong_weak_and_irrelevant_passages_follow_their_definitions(tokenizer,
             section = next(s for s in doc.sections if query.text == (doc.title if not s.heading else f"{doc.title} {s.heading}"))
             passage = task.passages[index]
             if label == 0:
-                assert task.passage_doc[index] == doc.id and passage in runs(section, size)
+                assert owner_of(index) == doc.id and passage in runs(section, size)
                 continue
-            assert task.passage_doc[index] != doc.id
+            assert owner_of(index) != doc.id
             others = owner != doc.id
             scores = bm25_scores(task.passages, query.text)
             if not (scores[others] > 0).any():  # no other document shares a word: the query was expanded
@@ -177,3 +178,29 @@ def test_a_malformed_row_names_the_file_and_line(tokenizer, tmp_path, rich_docum
 def test_bad_options_are_refused(tokenizer, options, message):
     with pytest.raises(ConfigError, match=f"^task 'ir_relevance': {message}"):
         make(tokenizer, **options)
+
+
+def test_beyond_one_bucket_weak_passages_come_from_the_querys_bucket(tokenizer, many_documents):
+    docs = many_documents[:40]
+    whole = make(tokenizer)
+    whole.fit(docs)
+    bucketed = make(tokenizer, bm25_bucket_chars=5000)  # about 6 documents a bucket
+    bucketed.fit(docs)
+    assert bucketed.passages == whole.passages  # the same passages, indexed per bucket
+    owners = bucketed.passage_owner
+    # the buckets as runs of documents: a query's ranked passages never leave its bucket
+    ends, text = [], 0
+    for ordinal, doc in enumerate(docs):
+        text += sum(len(bucketed.passages[i]) for i in range(len(bucketed.passages)) if owners[i] == ordinal)
+        if text >= 5000:
+            ends.append(ordinal + 1)
+            text = 0
+    assert len(ends) > 3
+    bucket_of = lambda ordinal: next((b for b, end in enumerate(ends) if ordinal < end), len(ends))  # noqa: E731
+    differs = 0
+    for ordinal, doc in enumerate(docs):
+        for query, reference in zip(bucketed.queries.get(doc.id, []), whole.queries.get(doc.id, [])):
+            assert query.passages == reference.passages and query.ranked
+            assert {bucket_of(int(owners[i])) for i in query.ranked} == {bucket_of(ordinal)}
+            differs += query.ranked != reference.ranked
+    assert differs > 0  # the whole-split ranking does reach into other buckets: the test can tell
