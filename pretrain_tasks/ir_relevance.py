@@ -40,7 +40,6 @@ hash split of the rows by query).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -52,6 +51,7 @@ from typing import Any, ClassVar, Sequence
 import numpy as np
 
 from ernie_cl.corpus.document import Document
+from ernie_cl.corpus.store import id_hash
 from ernie_cl.data.tokenizer import TextTokenizer
 from ernie_cl.errors import ConfigError, CorpusError
 
@@ -259,8 +259,7 @@ class IrRelevance(SentenceTask):
         carriers = sorted(doc.id for doc in documents)
         self._rows = {}
         for row in read_relevance_file(self.options["data_file"]):
-            digest = int.from_bytes(hashlib.sha256(row[0].encode("utf-8")).digest()[:8], "big")
-            self._rows.setdefault(carriers[digest % len(carriers)], []).append(row)
+            self._rows.setdefault(carriers[id_hash(row[0]) % len(carriers)], []).append(row)
 
     # --- examples ---------------------------------------------------------------------------------
     def plan(self, doc: Document, rng: random.Random) -> list[tuple[Query, int, int]]:

@@ -306,8 +306,9 @@ def load_corpus(source: str = "bundled", path: str | Path | None = None, *, cach
     )
     key = cache.hash_values(**parse_options)
     target = Path(cache_dir).expanduser() / "corpus" / key
-    meta = _read_meta(target)
-    if meta is None:
+    cached = _open_cache(target)
+    from_cache = cached is not None
+    if cached is None:
         stats: Counter = Counter()
         staging = _staging_folder(target)
         try:
@@ -324,10 +325,8 @@ def load_corpus(source: str = "bundled", path: str | Path | None = None, *, cach
             _move_into_place(staging, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        from_cache = False
-    else:
-        from_cache = True
-    store = DocumentStore(target)
+        cached = meta, DocumentStore(target)
+    meta, store = cached
     mask = heldout_mask(store.hashes, eval_fraction)
     documents = store.view()
     train, heldout = store.view(np.nonzero(~mask)[0]), store.view(np.nonzero(mask)[0])
@@ -342,12 +341,13 @@ def load_corpus(source: str = "bundled", path: str | Path | None = None, *, cach
     )
 
 
-def _read_meta(target: Path) -> dict[str, Any] | None:
-    """The finished store's counters (its completion marker), or None when there is none."""
+def _open_cache(target: Path) -> tuple[dict[str, Any], DocumentStore] | None:
+    """The finished store and its counters (written last: the completion marker), or None when
+    there is none or it is unreadable."""
     try:
         meta = json.loads((target / cache.META_FILE).read_text(encoding="utf-8"))
-        DocumentStore(target)  # the shard list and arrays must be readable too
-        return meta if {"reader", "counts"} <= set(meta) else None
+        store = DocumentStore(target)  # the shard list and arrays must be readable too
+        return (meta, store) if {"reader", "counts"} <= set(meta) else None
     except FileNotFoundError:
         return None
     except (OSError, ValueError, KeyError) as err:  # damaged cache: rebuild rather than fail
@@ -367,7 +367,7 @@ def _staging_folder(target: Path) -> Path:
 def _move_into_place(staging: Path, target: Path) -> None:
     """The finished store becomes the cache in one rename: a crash never leaves a half cache."""
     if target.exists():  # a damaged or another process's copy: ours replaces a damaged one
-        if _read_meta(target) is not None:
+        if _open_cache(target) is not None:
             return  # another process finished the same cache first; its copy is identical
         shutil.rmtree(target)
     staging.rename(target)

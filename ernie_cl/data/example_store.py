@@ -268,7 +268,7 @@ class ExampleSet:
 
     def lengths(self) -> np.ndarray:
         """Every example's length, from the Arrow offsets (no row is read)."""
-        parts = [np.diff(_offsets(self._table(i).column("input_ids"))) for i in range(len(self.manifest["shards"]))]
+        parts = [np.diff(_flat(self._table(i).column("input_ids"))[1]) for i in range(len(self.manifest["shards"]))]
         return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
 
     def content_hash(self) -> str:
@@ -282,11 +282,6 @@ class ExampleSet:
                     digest.update(np.asarray(row, dtype=np.int64).tobytes() + b"|")
                 digest.update(column.encode())
         return digest.hexdigest()
-
-
-def _offsets(chunked) -> np.ndarray:
-    array = chunked.combine_chunks()
-    return array.offsets.to_numpy().astype(np.int64)
 
 
 def _flat(chunked) -> tuple[np.ndarray, np.ndarray]:
