@@ -11,6 +11,12 @@ call here is a dictionary lookup that does nothing. Points the trainer passes:
 - ``checkpoint-done:TAG``  right after checkpoint TAG is complete and the pointer names it;
 - ``loss:N``               step N's combined loss, before the backward pass (action ``nan`` only).
 
+Points of data preparation:
+
+- ``corpus-shard:PASS:N``  right after corpus shard N of PASS (``pass1``: parsing, ``final``: phrase
+                           spans) and its marker are written;
+- ``example-shard:TASK/SPLIT:N``  right after example shard N of a task's split is written.
+
 Actions: ``kill`` (SIGKILL to the own process: no cleanup, no flushing, as in a power cut or the
 OOM killer), ``term`` / ``int`` (SIGTERM / SIGINT to the own process, as from a scheduler or
 Ctrl-C), ``enospc`` (an ``OSError`` "No space left on device", as from a full disk) and ``nan``

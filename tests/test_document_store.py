@@ -62,9 +62,9 @@ def test_a_loaded_corpus_is_a_view_of_its_store(tmp_path):
 
 
 def test_parsing_in_two_workers_gives_the_store_of_one(tmp_path, monkeypatch):
-    import ernie_cl.corpus.loader as loader
+    import ernie_cl.corpus.parts as parts
 
-    monkeypatch.setattr(loader, "PARSE_BATCH_CHARS", 20_000)  # the bundled corpus in about 80 batches
+    monkeypatch.setattr(parts, "PART_BYTES", 20_000)  # the bundled corpus in about 80 parts
     one = load_corpus("bundled", cache_dir=tmp_path / "one", eval_fraction=0.1, show_progress=False, workers=1)
     two = load_corpus("bundled", cache_dir=tmp_path / "two", eval_fraction=0.1, show_progress=False, workers=2)
     assert len(two.documents.store.shards) > 50

@@ -20,7 +20,7 @@ MAX_TOP_LEVEL_FILES = 6
 # What each room may import of ernie_cl / pretrain_tasks (by module-name prefix; its own room always).
 # The data path: corpus -> data -> model -> training -> evaluation; config is read by all of them.
 ALLOWED = {
-    "ernie_cl.corpus": ("ernie_cl.errors", "ernie_cl.progress"),
+    "ernie_cl.corpus": ("ernie_cl.errors", "ernie_cl.progress", "ernie_cl.faults"),
     "pretrain_tasks": ("ernie_cl.errors", "ernie_cl.corpus", "ernie_cl.data.tokenizer"),
     "ernie_cl.config": ("ernie_cl.errors", "pretrain_tasks", "ernie_cl.model.balancing"),
     "ernie_cl.data": ("ernie_cl.errors", "ernie_cl.progress", "ernie_cl.faults", "ernie_cl.config", "ernie_cl.corpus",

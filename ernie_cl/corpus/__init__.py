@@ -5,7 +5,8 @@ Public API::
     corpus = load_corpus("bundled", cache_dir="~/.cache/ernie-cl")
     corpus.train, corpus.heldout, corpus.fingerprint, corpus.stats, corpus.from_cache
 
-May import: ``ernie_cl.errors`` and ``ernie_cl.progress`` only; it is the first room of the data path.
+May import: ``ernie_cl.errors``, ``ernie_cl.progress`` and ``ernie_cl.faults`` only; it is the first room of the
+data path. (``durable`` lives here, the lowest room, because every room writes files a later run trusts.)
 """
 
 from ernie_cl.corpus.document import Document, Section, Sentence, Span

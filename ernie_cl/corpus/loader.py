@@ -13,23 +13,26 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import pickle
 import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import closing
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ernie_cl.corpus import cache, phrases as span_sources, readers, wiki
+from ernie_cl import faults
+from ernie_cl.corpus import cache, parts, phrases as span_sources, readers
 from ernie_cl.corpus.document import Document
+from ernie_cl.corpus.durable import file_sha256, fsync_dir, fsync_file, write_json_durably
 from ernie_cl.corpus.store import DocumentStore, DocumentView, StoreWriter, finish_store, id_hash, write_shard
 from ernie_cl.corpus.workers import SHARED, ordered_map
 from ernie_cl.corpus.sentences import MAX_SENTENCE_CHARS, RawDocument, build_document
-from ernie_cl.errors import CorpusError
+from ernie_cl.errors import CorpusError, DataBuildError, ErnieClError
 
 SOURCES = ("bundled", "wiki", "txt", "jsonl", "hf", "lines")
 logger = logging.getLogger(__name__)
@@ -100,25 +103,23 @@ def _open_readable_source(source: str, path: str | Path | None, split: str, text
                               f"the source that reads it: wiki, txt, jsonl, hf or lines")
         wiki_path, lee_path = readers.bundled_paths()
 
-        def read_bundled(stats: Counter) -> Iterator[RawDocument]:
-            yield from wiki.read_wiki_dump(wiki_path, stats)
-            yield from readers.read_lines_file(lee_path, stats)
+        def plan_bundled(stats: Counter) -> Iterator[parts.Part]:
+            yield from parts.wiki_parts(wiki_path, stats)
+            yield from parts.line_parts("lines", lee_path)
 
-        return cache.hash_files([wiki_path, lee_path]), read_bundled
+        return cache.hash_files([wiki_path, lee_path]), plan_bundled
     if source == "wiki":
         dump = _existing(path, source, "MediaWiki .xml or .xml.bz2 file")
-        return cache.hash_files([dump]), lambda stats: wiki.read_wiki_dump(dump, stats)
+        return cache.hash_files([dump]), lambda stats: parts.wiki_parts(dump, stats)
     if source == "lines":
         lines = _existing(path, source, "text file with one document per line")
-        return cache.hash_files([lines]), lambda stats: readers.read_lines_file(lines, stats)
+        return cache.hash_files([lines]), lambda stats: parts.line_parts("lines", lines)
     if source == "txt":
         folder = _existing(path, source, ".txt folder")
-        files = sorted(p for p in folder.rglob("*.txt") if p.is_file())
-        return cache.hash_files(files, root=folder), lambda stats: readers.read_txt_folder(folder, stats)
+        return cache.hash_files(readers.txt_files(folder), root=folder), lambda stats: parts.txt_parts(folder)
     if source == "jsonl":
         jsonl = _existing(path, source, "JSONL file")
-        return cache.hash_files([jsonl]), lambda stats: readers.read_jsonl(
-            jsonl, stats, text_field, title_field)
+        return cache.hash_files([jsonl]), lambda stats: parts.line_parts("jsonl", jsonl, (text_field, title_field))
     if source == "hf":
         if path is None:
             raise CorpusError("corpus source 'hf' needs a path: a save_to_disk folder or a dataset name")
@@ -132,7 +133,11 @@ def _open_readable_source(source: str, path: str | Path | None, split: str, text
             content = cache.hash_files(files, root=local)
         else:  # a hub dataset: datasets' own fingerprint follows its cached files
             content = cache.hash_values(name=str(path), fingerprint=dataset._fingerprint)
-        return content, lambda stats: readers.read_hf(dataset, str(path), stats, text_field, title_field)
+        columns = set(dataset.column_names)
+        if text_field not in columns:  # checked here, before any worker starts
+            raise CorpusError(f"dataset '{path}' has no column '{text_field}' (columns: "
+                              f"{', '.join(sorted(columns))}); set text_field to the text column")
+        return content, lambda stats: parts.hf_parts(str(path), dataset, split, text_field, title_field)
     raise CorpusError(f"unknown corpus source '{source}'; use one of: {', '.join(SOURCES)}")
 
 
@@ -147,78 +152,96 @@ def _check_options(eval_fraction: float, max_documents: int | None, phrase_min_c
                           f"{phrase_threshold} > 0; gensim Phrases needs both")
 
 
-PARSE_BATCH_CHARS = 2_000_000  # raw text a worker parses at a time (one shard of the first pass)
-
-
-def _ingest(read: Any, stats: Counter, target: Path, *, max_documents: int | None, use_phrases: bool,
+def _ingest(plan: Any, stats: Counter, staging: Path, *, max_documents: int | None, use_phrases: bool,
             phrase_min_count: int, phrase_threshold: float, spacy_model: str | None,
-            show_progress: bool, workers: int = 1) -> dict[str, int]:
-    """Parse the source into a store at ``target`` (a fresh folder); returns the document counts.
+            show_progress: bool, workers: int = 1) -> tuple[Path, dict[str, int]]:
+    """Parse the source into a store under ``staging``; returns its folder and document counts.
 
-    The reader runs here; batches of its raw documents (about ``PARSE_BATCH_CHARS`` of text) are
-    split into sentences by ``workers`` processes, each writing its batch as one shard and sending
-    back the shard's arrays and phrase counts, which are merged here in reading order. A second pass
-    (in the workers too) adds the phrase and spaCy spans shard by shard. The batches depend on the
-    source alone, so the store is the same whatever the number of workers. With ``max_documents``
+    The source is cut into parts (``parts.py``, a function of its bytes alone); ``workers``
+    processes parse one part each into one shard, written with a completion marker (shard sha256,
+    counters, phrase counts), and send back the marker, merged here in part order. A rerun after a
+    kill finds ``staging`` and reuses every shard whose marker checks out, so the store is the same
+    as an uninterrupted build's, whatever the number of workers. A second pass (in the workers too,
+    resumable the same way) adds the phrase and spaCy spans shard by shard. With ``max_documents``
     the documents are parsed one at a time here (the count decides where to stop)."""
     from ernie_cl.progress import progress_bar
 
     nlp = span_sources.load_spacy(spacy_model) if spacy_model else None  # fail before the long parse
     two_passes = use_phrases or nlp is not None
-    first_folder = target / "pass1" if two_passes else target
+    final_folder = staging / "final"
+    first_folder = staging / "pass1" if two_passes else final_folder
     first_folder.mkdir(parents=True, exist_ok=True)
     counter = span_sources.PhraseCounter(phrase_min_count, phrase_threshold) if use_phrases else None
-    with closing(read(stats)) as stream, progress_bar(desc="parsing corpus", unit=" docs",
-                                               disable=not show_progress) as bar:
+    with progress_bar(desc="parsing corpus", unit="B", unit_scale=True, disable=not show_progress) as bar:
         if max_documents is not None:
-            shards = _parse_one_by_one(stream, stats, first_folder, max_documents, counter, bar)
+            shards = _parse_one_by_one(plan, stats, first_folder, max_documents, counter, bar)
         else:
             shards = []
-            for shard, batch_stats, counts in ordered_map(_parse_batch, _raw_batches(stream, bar), workers,
-                                                          folder=first_folder, phrases=use_phrases,
-                                                          phrase_options=(phrase_min_count, phrase_threshold)):
+            tally: Counter = Counter()
+            items = ((i, part) for i, part in enumerate(plan(stats)))
+            for shard, batch_stats, counts, status in ordered_map(
+                    _parse_part, items, workers, folder=first_folder, phrases=use_phrases,
+                    phrase_options=(phrase_min_count, phrase_threshold)):
                 shards.append(shard)
                 stats.update(batch_stats)
                 if counter is not None:
                     counter.merge(*counts)
+                tally[status] += 1
+                tally["documents"] += shard["documents"]
+                bar.update(shard.get("input_bytes", 0))
+                bar.set_postfix(docs=tally["documents"], refresh=False)
+            _log_reuse("parsed corpus", first_folder, tally, len(shards))
+    _check_unique_ids(first_folder, shards)
     counts = finish_store(first_folder, shards)
     if not two_passes:
-        return counts
+        return first_folder, counts
+    final_folder.mkdir(parents=True, exist_ok=True)
     with progress_bar(total=len(shards), desc="adding phrase spans", unit=" shards", disable=not show_progress) as bar:
-        final = []
-        for shard, entities in ordered_map(_annotate_shard, range(len(shards)), 1 if nlp is not None else workers,
-                                           source=DocumentStore(first_folder), folder=target, nlp=nlp,
-                                           frozen=counter.frozen() if counter is not None else None):
+        final, tally = [], Counter()
+        for shard, entities, status in ordered_map(_annotate_shard, range(len(shards)), 1 if nlp is not None else workers,
+                                                   source=DocumentStore(first_folder), folder=final_folder, nlp=nlp,
+                                                   frozen=counter.frozen() if counter is not None else None):
             final.append(shard)
+            tally[status] += 1
             if nlp is not None:
                 stats["spacy_entities"] += entities
             bar.update(1)
-    shutil.rmtree(first_folder)
-    return finish_store(target, final)
+        _log_reuse("phrase-annotated corpus", final_folder, tally, len(final))
+    return final_folder, finish_store(final_folder, final)
 
 
-def _raw_batches(stream: Iterator[RawDocument], bar: Any) -> Iterator[tuple[int, list[RawDocument]]]:
-    """(index, raw documents) of about PARSE_BATCH_CHARS of text each; refuses a duplicate id."""
-    seen: set[int] = set()  # 8-byte id hashes: a duplicate id is found without keeping every id
-    batch: list[RawDocument] = []
-    size = index = 0
-    for raw in stream:
-        _check_unique(raw, seen)
-        batch.append(raw)
-        size += sum(len(section.text) for section in raw.sections)
-        bar.update(1)
-        if size >= PARSE_BATCH_CHARS:
-            yield index, batch
-            batch, size, index = [], 0, index + 1
-    if batch:
-        yield index, batch
+def _log_reuse(what: str, folder: Path, tally: Counter, total: int) -> None:
+    if tally["reused"] or tally["rebuilt"]:
+        logger.warning("%s: reused %d of %d shards of an interrupted build in %s%s", what, tally["reused"], total,
+                       folder, f"; {tally['rebuilt']} damaged shard(s) were built again" if tally["rebuilt"] else "")
 
 
-def _check_unique(raw: RawDocument, seen: set[int]) -> None:
-    key = id_hash(raw.id)
-    if key in seen:
-        raise CorpusError(f"duplicate document id '{raw.id}' in the corpus; ids must be unique")
-    seen.add(key)
+def _check_unique_ids(folder: Path, shards: list[dict[str, Any]]) -> None:
+    """Refuse a duplicate document id anywhere in the corpus: equal 8-byte id hashes, confirmed by
+    decoding the documents (an array of the hashes, never a set of every id)."""
+    hashes = np.array([h for s in shards for h in s["hashes"]], dtype=np.uint64)
+    order = np.argsort(hashes, kind="stable")
+    same = np.nonzero(hashes[order][1:] == hashes[order][:-1])[0]
+    if not len(same):
+        return
+    starts = np.cumsum([0] + [s["documents"] for s in shards])
+
+    def doc_id(index: int) -> str:
+        shard = int(np.searchsorted(starts, index, side="right") - 1)
+        return _decode_id(folder, shards[shard]["file"], int(index - starts[shard]))
+
+    for k in same:
+        first, second = int(order[k]), int(order[k + 1])
+        if doc_id(first) == doc_id(second):
+            raise CorpusError(f"duplicate document id '{doc_id(first)}' in the corpus (documents {first + 1} and "
+                              f"{second + 1} in reading order); ids must be unique")
+
+
+def _decode_id(folder: Path, file: str, row: int) -> str:
+    import pyarrow as pa
+
+    with pa.memory_map(str(folder / file), "r") as source:
+        return pa.ipc.open_file(source).read_all().column("id")[row].as_py()
 
 
 def _kept(raw: RawDocument, stats: Counter) -> Document | None:
@@ -229,47 +252,112 @@ def _kept(raw: RawDocument, stats: Counter) -> Document | None:
     return document
 
 
-def _parse_batch(item: tuple[int, list[RawDocument]]) -> tuple[dict[str, Any], Counter, Any]:
-    """In a worker: sentences of one batch, written as shard ``index``; its arrays, counters and
-    phrase counts go back."""
-    index, raws = item
+def _parse_part(item: tuple[int, Any]) -> tuple[dict[str, Any], Counter, Any, str]:
+    """In a worker: the sentences of one part, written as shard ``index`` with its marker; the
+    marker's shard entry, counters and phrase counts go back (read from the marker when a killed
+    run had finished this shard already)."""
+    index, part = item
+    folder: Path = SHARED["folder"]
+    done, status = _finished_shard(folder, index)
+    if done is not None:
+        return done["shard"], Counter(done["stats"]), _read_counts(folder, done), status
     stats: Counter = Counter()
-    documents = [d for d in (_kept(raw, stats) for raw in raws) if d is not None]
+    documents = [d for d in (_kept(raw, stats) for raw in parts.read_part(part, stats)) if d is not None]
     counts = None
     if SHARED["phrases"]:
         counter = span_sources.PhraseCounter(*SHARED["phrase_options"])
         for document in documents:
             counter.add(document)
         counts = counter.counts()
-    return write_shard(SHARED["folder"], index, documents), stats, counts
+    shard = _write_durable_shard(folder, index, documents, stats=dict(stats), counts=counts,
+                                 input_bytes=parts.part_size(part))
+    return shard, stats, counts, status
 
 
-def _annotate_shard(index: int) -> tuple[dict[str, Any], int]:
+def _annotate_shard(index: int) -> tuple[dict[str, Any], int, str]:
     """In a worker: first-pass shard ``index`` with its phrase (and spaCy entity) spans, written again."""
+    folder: Path = SHARED["folder"]
+    done, status = _finished_shard(folder, index)
+    if done is not None:
+        return done["shard"], done["stats"].get("entities", 0), status
     source: DocumentStore = SHARED["source"]
     documents = source.decode(int(source.starts[index]), int(source.starts[index + 1]))
     entities = span_sources.add_spacy_entities(documents, SHARED["nlp"]) if SHARED["nlp"] is not None else 0
     if SHARED["frozen"] is not None:
         for document in documents:
             span_sources.annotate_phrases(document, SHARED["frozen"])
-    return write_shard(SHARED["folder"], index, documents), entities
+    return _write_durable_shard(folder, index, documents, stats={"entities": entities}), entities, status
 
 
-def _parse_one_by_one(stream: Iterator[RawDocument], stats: Counter, folder: Path, max_documents: int,
+def _marker_path(folder: Path, index: int) -> Path:
+    return folder / f"docs-{index:05d}.done.json"
+
+
+def _write_durable_shard(folder: Path, index: int, documents: list[Document], *, stats: dict[str, int],
+                         counts: Any = None, input_bytes: int = 0) -> dict[str, Any]:
+    """Shard ``index`` and its completion marker, each written under a temporary name, fsynced and
+    renamed, the marker last: a kill at any moment leaves either a finished shard or none."""
+    tmp = folder / f".tmp-{os.getpid()}-{index}"
+    tmp.mkdir(exist_ok=True)
+    shard = write_shard(tmp, index, documents)
+    shard["input_bytes"] = input_bytes
+    files = {shard["file"]: tmp / shard["file"]}
+    if counts is not None:
+        with open(tmp / "phrases.pkl", "wb") as handle:
+            pickle.dump(counts, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        files[f"docs-{index:05d}.phrases.pkl"] = tmp / "phrases.pkl"
+    digests = {}
+    for name, written in files.items():
+        fsync_file(written)
+        digests[name] = file_sha256(written)
+        os.replace(written, folder / name)
+    tmp.rmdir()
+    fsync_dir(folder)
+    write_json_durably(_marker_path(folder, index), {"shard": shard, "stats": stats, "sha256": digests})
+    faults.inject(f"corpus-shard:{folder.name}:{index}")  # tests kill a parse here, between two shards
+    return shard
+
+
+def _finished_shard(folder: Path, index: int) -> tuple[dict[str, Any] | None, str]:
+    """(marker, "reused") for a finished shard whose files match their sha256; (None, "built") when
+    there is none; (None, "rebuilt") when one is damaged (it is built again)."""
+    path = _marker_path(folder, index)
+    try:
+        marker = json.loads(path.read_text(encoding="utf-8"))
+        if all(file_sha256(folder / name) == digest for name, digest in marker["sha256"].items()):
+            return marker, "reused"
+    except FileNotFoundError:
+        if not path.exists():
+            return None, "built"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None, "rebuilt"
+
+
+def _read_counts(folder: Path, marker: dict[str, Any]) -> Any:
+    names = [n for n in marker["sha256"] if n.endswith(".phrases.pkl")]
+    if not names:
+        return None
+    with open(folder / names[0], "rb") as handle:
+        return pickle.load(handle)
+
+
+def _parse_one_by_one(plan: Any, stats: Counter, folder: Path, max_documents: int,
                       counter: Any, bar: Any) -> list[dict[str, Any]]:
-    seen: set[int] = set()
+    shutil.rmtree(folder, ignore_errors=True)  # a capped corpus is small: parsed again from the start
     writer = StoreWriter(folder)
-    for raw in stream:
-        _check_unique(raw, seen)
-        bar.update(1)
-        document = _kept(raw, stats)
-        if document is None:
-            continue
-        writer.add(document)
-        if counter is not None:
-            counter.add(document)
-        if len(writer) >= max_documents:
-            break
+    for part in plan(stats):
+        for raw in parts.read_part(part, stats):
+            document = _kept(raw, stats)
+            if document is None:
+                continue
+            writer.add(document)
+            if counter is not None:
+                counter.add(document)
+            if len(writer) >= max_documents:
+                writer.close()
+                return writer.shards
+        bar.update(parts.part_size(part))
     writer.close()
     return writer.shards
 
@@ -312,19 +400,30 @@ def load_corpus(source: str = "bundled", path: str | Path | None = None, *, cach
         stats: Counter = Counter()
         staging = _staging_folder(target)
         try:
-            counts = _ingest(read, stats, staging, max_documents=max_documents, use_phrases=phrases,
-                             phrase_min_count=phrase_min_count, phrase_threshold=phrase_threshold,
-                             spacy_model=spacy_model, show_progress=show_progress, workers=workers)
+            folder, counts = _ingest(read, stats, staging, max_documents=max_documents, use_phrases=phrases,
+                                     phrase_min_count=phrase_min_count, phrase_threshold=phrase_threshold,
+                                     spacy_model=spacy_model, show_progress=show_progress, workers=workers)
             if not counts["documents"]:
                 where = f"'{path}'" if path is not None else f"source '{source}'"
                 hint = f" (or check text_field='{text_field}')" if source in ("jsonl", "hf") else ""
                 raise CorpusError(f"corpus {where} is empty: no document has any text; add documents "
                                   f"with text{hint}")
-            meta = {"reader": dict(stats), "counts": counts}
-            (staging / cache.META_FILE).write_text(json.dumps(meta, sort_keys=True), encoding="utf-8")
-            _move_into_place(staging, target)
-        finally:
+        except BrokenProcessPool:  # a worker died (often the OOM killer): keep what is finished
+            raise DataBuildError(f"a corpus parsing worker process died (killed by the system, often for lack of "
+                                 f"memory); the finished shards are kept in {staging}: run again with fewer "
+                                 "workers (--workers 1) or more free memory to continue") from None
+        except ErnieClError:  # bad input: nothing of it stays in the cache (a fixed input has another key)
             shutil.rmtree(staging, ignore_errors=True)
+            raise
+        # Any other failure (a kill, a dead worker) leaves the staging folder: a rerun reuses its shards.
+        meta = {"reader": dict(stats), "counts": counts}
+        for marker in folder.glob("docs-*.done.json"):
+            marker.unlink()
+        for extra in folder.glob("docs-*.phrases.pkl"):
+            extra.unlink()
+        write_json_durably(folder / cache.META_FILE, meta)
+        _move_into_place(folder, target)
+        shutil.rmtree(staging, ignore_errors=True)
         cached = meta, DocumentStore(target)
     meta, store = cached
     mask = heldout_mask(store.hashes, eval_fraction)
@@ -356,9 +455,12 @@ def _open_cache(target: Path) -> tuple[dict[str, Any], DocumentStore] | None:
 
 
 def _staging_folder(target: Path) -> Path:
+    """``.<key>.partial`` beside the target: the same folder for every run of the same key, so a
+    run after a kill finds the shards the killed one finished."""
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        staging = target.parent / f".{target.name}.partial"
+        staging.mkdir(parents=True, exist_ok=True)
+        return staging
     except OSError as err:
         raise CorpusError(f"cannot write the corpus cache under '{target.parent}' ({err.strerror}); "
                           f"pass a writable cache_dir") from None

@@ -9,9 +9,10 @@ sequences replaced by U+FFFD; ``invalid_utf8_replaced`` counts the replaced char
 from __future__ import annotations
 
 import importlib.util
+import io
 import json
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,24 +75,61 @@ def flat_document(doc_id: str, title: str, text: str, entities: list[Span] | Non
     return RawDocument(doc_id, title, [RawSection("", text, entities or [])])
 
 
-def read_txt_folder(folder: Path, stats: Counter) -> Iterator[RawDocument]:
-    """One document per .txt file under ``folder`` (recursive, sorted): id = relative path, title = stem."""
-    for path in sorted(folder.rglob("*.txt")):
-        if not path.is_file():
-            continue
+def txt_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*.txt") if p.is_file())
+
+
+def read_txt_folder(folder: Path, stats: Counter, files: Iterable[Path] | None = None) -> Iterator[RawDocument]:
+    """One document per .txt file under ``folder`` (recursive, sorted): id = relative path, title = stem.
+    ``files``: some of them (default all)."""
+    for path in (txt_files(folder) if files is None else files):
         text = decode(read_bytes(path), stats).lstrip("\ufeff")
         yield flat_document(path.relative_to(folder).as_posix(), path.stem, text)
 
 
-def read_lines_file(path: Path, stats: Counter) -> Iterator[RawDocument]:
-    """One document per non-blank line (the Lee .cor format): id ``<stem>:<line number, 4 digits>``."""
+def _lines(path: Path, start: int, end: int | None, first_line: int) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw line) of the byte range ``start`` .. ``end`` (a range starts at a line)."""
     with open_binary(path) as stream:
-        for number, raw in enumerate(stream, start=1):
-            text = decode(raw, stats).strip()
-            if text:
-                yield flat_document(f"{path.stem}:{number:04d}", "", text)
-            else:
-                stats["empty_documents_dropped"] += 1
+        if end is None:
+            yield from enumerate(stream, start=first_line)
+            return
+        stream.seek(start)
+        yield from enumerate(io.BytesIO(stream.read(end - start)), start=first_line)
+
+
+def line_ranges(path: Path, target_bytes: int) -> Iterator[tuple[int, int, int]]:
+    """(start, end, first line number) of byte ranges of about ``target_bytes``, cut after a newline,
+    so a single large file is parsed by several workers; the line numbers keep ids and error
+    messages the same as one sequential read."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as stream:
+            start, line = 0, 1
+            while start < size:
+                stream.seek(start + max(1, target_bytes) - 1)
+                stream.readline()  # to the end of the line the cut falls in
+                end = min(stream.tell(), size)
+                stream.seek(start)
+                newlines, left = 0, end - start
+                while left:
+                    block = stream.read(min(left, 1 << 22))
+                    newlines, left = newlines + block.count(b"\n"), left - len(block)
+                yield start, end, line
+                start, line = end, line + newlines
+    except OSError as err:
+        raise unreadable(path, err) from None
+
+
+def read_lines_file(path: Path, stats: Counter, start: int = 0, end: int | None = None,
+                    first_line: int = 1) -> Iterator[RawDocument]:
+    """One document per non-blank line (the Lee .cor format): id ``<stem>:<line number, 4 digits>``.
+    ``start``/``end``: a byte range from ``line_ranges`` (default the whole file)."""
+    for number, raw in _lines(path, start, end, first_line):
+        text = decode(raw, stats).strip()
+        if text:
+            yield flat_document(f"{path.stem}:{number:04d}", "", text)
+        else:
+            stats["empty_documents_dropped"] += 1
 
 
 def _entity_spans(value: Any, text: str, where: str) -> list[Span]:
@@ -110,31 +148,29 @@ def _entity_spans(value: Any, text: str, where: str) -> list[Span]:
     return spans
 
 
-def read_jsonl(path: Path, stats: Counter, text_field: str, title_field: str) -> Iterator[RawDocument]:
-    """One document per JSON object line: ``text_field`` (required), ``title_field``, ``id``, ``entities``."""
-    seen: set[str] = set()
-    with open_binary(path) as stream:
-        for number, raw in enumerate(stream, start=1):
-            line = decode(raw, stats).strip().lstrip("\ufeff")
-            if not line:
-                continue
-            where = f"{path} line {number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise CorpusError(f"{where} is not valid JSON ({err.msg}); each line must be one "
-                                  f"JSON object like {{\"title\": ..., \"{text_field}\": ...}}") from None
-            if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
-                raise CorpusError(f"{where} has no string field '{text_field}'; add it or set "
-                                  f"text_field to the field that holds the text")
-            text = record[text_field]
-            doc_id = str(record.get("id", number))
-            if doc_id in seen:
-                raise CorpusError(f"{where}: duplicate document id '{doc_id}'; ids must be unique")
-            seen.add(doc_id)
-            title = record.get(title_field)
-            entities = _entity_spans(record.get("entities"), text, where)
-            yield flat_document(doc_id, title if isinstance(title, str) else "", text, entities)
+def read_jsonl(path: Path, stats: Counter, text_field: str, title_field: str, start: int = 0,
+               end: int | None = None, first_line: int = 1) -> Iterator[RawDocument]:
+    """One document per JSON object line: ``text_field`` (required), ``title_field``, ``id``, ``entities``.
+    ``start``/``end``: a byte range from ``line_ranges``. A duplicate id is found by the loader,
+    over the whole corpus (a range cannot see the others)."""
+    for number, raw in _lines(path, start, end, first_line):
+        line = decode(raw, stats).strip().lstrip("\ufeff")
+        if not line:
+            continue
+        where = f"{path} line {number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise CorpusError(f"{where} is not valid JSON ({err.msg}); each line must be one "
+                              f"JSON object like {{\"title\": ..., \"{text_field}\": ...}}") from None
+        if not isinstance(record, dict) or not isinstance(record.get(text_field), str):
+            raise CorpusError(f"{where} has no string field '{text_field}'; add it or set "
+                              f"text_field to the field that holds the text")
+        text = record[text_field]
+        doc_id = str(record.get("id", number))
+        title = record.get(title_field)
+        entities = _entity_spans(record.get("entities"), text, where)
+        yield flat_document(doc_id, title if isinstance(title, str) else "", text, entities)
 
 
 def load_hf(path: str, split: str) -> Any:
@@ -161,14 +197,16 @@ def load_hf(path: str, split: str) -> Any:
                           f"check the name and network, or pass a folder saved with save_to_disk") from None
 
 
-def read_hf(dataset: Any, name: str, stats: Counter, text_field: str,
-            title_field: str) -> Iterator[RawDocument]:
-    """Rows of a loaded Hugging Face dataset: id from an ``id`` column if present, else the row index."""
+def read_hf(dataset: Any, name: str, stats: Counter, text_field: str, title_field: str, start: int = 0,
+            end: int | None = None) -> Iterator[RawDocument]:
+    """Rows ``start`` .. ``end`` of a loaded Hugging Face dataset: id from an ``id`` column if
+    present, else the row index."""
     columns = set(dataset.column_names)
     if text_field not in columns:
         raise CorpusError(f"dataset '{name}' has no column '{text_field}' (columns: "
                           f"{', '.join(sorted(columns))}); set text_field to the text column")
-    for index, row in enumerate(dataset):
+    rows = dataset if start == 0 and end is None else dataset.select(range(start, len(dataset) if end is None else end))
+    for index, row in enumerate(rows, start=start):
         text = row[text_field] if isinstance(row[text_field], str) else ""
         title = row.get(title_field) if title_field in columns else ""
         doc_id = str(row["id"]) if "id" in columns else str(index)

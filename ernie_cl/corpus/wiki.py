@@ -26,7 +26,7 @@ from mwparserfromhell.nodes import ExternalLink, Heading, HTMLEntity, Tag, Text,
 from mwparserfromhell.wikicode import Wikicode
 
 from ernie_cl.corpus.document import Span
-from ernie_cl.corpus.sentences import RawDocument, RawSection, delete_matches
+from ernie_cl.corpus.sentences import RawSection, delete_matches
 from ernie_cl.errors import CorpusError
 
 # Sections dropped with all their subsections (compared case-insensitively).
@@ -232,8 +232,10 @@ def _local(tag: str) -> str:
     return tag.rpartition("}")[2]
 
 
-def read_wiki_dump(path: Path, stats: Counter) -> Iterator[RawDocument]:
-    """Articles of a MediaWiki XML dump (.xml or .xml.bz2), redirects and other namespaces skipped.
+def wiki_pages(path: Path, stats: Counter) -> Iterator[tuple[str, str, str]]:
+    """(id, title, wikitext) of every article of a MediaWiki XML dump (.xml or .xml.bz2), redirects
+    and other namespaces skipped: the cheap sequential part of reading a dump (decompression, XML),
+    so that the expensive part, ``wikitext_to_sections``, runs in workers over page ranges.
 
     Document ids are ``<dbname>:<page id>`` (e.g. ``enwiki:12``), stable across dump versions.
     """
@@ -263,7 +265,7 @@ def read_wiki_dump(path: Path, stats: Counter) -> Iterator[RawDocument]:
                     title = (fields["title"].text or "").strip() if "title" in fields else ""
                     page_id = (fields["id"].text or "").strip() if "id" in fields else title
                     stats["wiki_pages_read"] += 1
-                    yield RawDocument(f"{dbname}:{page_id}", title, wikitext_to_sections(wikitext))
+                    yield f"{dbname}:{page_id}", title, wikitext
                 root.clear()  # drop finished pages so memory stays flat on a full dump
     except ET.ParseError as err:
         raise CorpusError(f"wiki dump '{path}' is not valid XML ({err}); pass an uncorrupted "

@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 
 from ernie_cl import faults
-from ernie_cl.data.durable import file_sha256, fsync_file, write_json_durably
+from ernie_cl.corpus.durable import file_sha256, fsync_file, write_json_durably
 from ernie_cl.errors import CorpusError, DataBuildError
 
 FORMAT = 2

@@ -37,7 +37,7 @@ import yaml
 
 from ernie_cl.config.budgets import allocate_budgets, plan_stages
 from ernie_cl.config.schedule import ScheduleConfig, load_schedule, resolve_config_file
-from ernie_cl.data.durable import write_json_durably
+from ernie_cl.corpus.durable import write_json_durably
 from ernie_cl.errors import ConfigError
 from ernie_cl.evaluation.continual_metrics import summarize
 

@@ -47,7 +47,7 @@ from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchChe
 
 from ernie_cl.errors import CheckpointError, TrainingError
 from ernie_cl import faults
-from ernie_cl.data.durable import file_sha256, fsync_dir, fsync_file, write_json_durably
+from ernie_cl.corpus.durable import file_sha256, fsync_dir, fsync_file, write_json_durably
 from ernie_cl.training import distributed
 
 STATE_FILE = "trainer_state.json"

@@ -18,7 +18,7 @@ from typing import Any, Optional
 import torch
 
 from ernie_cl.config.schedule import load_deepspeed_config, load_model_config, load_schedule
-from ernie_cl.data.durable import write_json_durably
+from ernie_cl.corpus.durable import write_json_durably
 from ernie_cl.data.examples import ExampleStream, to_device
 from ernie_cl.data.preparation import default_cache_dir, prepare
 from ernie_cl.errors import CheckpointError, TrainingError
@@ -44,8 +44,12 @@ def train(
     show_progress: bool = True,
     allow_config_change: bool = False,
     wandb_group: Optional[str] = None,
+    engine: str = "local",
+    ray_address: Optional[str] = None,
 ) -> dict[str, Any]:
-    """Run (or resume) a schedule; returns the summary also written to ``RUN/summary.json``."""
+    """Run (or resume) a schedule; returns the summary also written to ``RUN/summary.json``.
+    ``engine`` / ``ray_address``: how rank 0 builds missing data caches (see ``prepare``); the other
+    ranks read what rank 0 built, on the local engine."""
     name_accelerator()
     schedule_path = Path(schedule_path)
     schedule = load_schedule(schedule_path)
@@ -64,8 +68,10 @@ def train(
         print(f"ernie-cl: no complete checkpoint in {run_dir}; starting from the beginning")
 
     with distributed.main_first():  # rank 0 builds the caches, the other ranks then read them
+        main = distributed.is_main()
         prepared = prepare(schedule, model_cfg, Path(cache_dir or default_cache_dir()),
-                           show_progress=show_progress and distributed.is_main())
+                           show_progress=show_progress and main, engine=engine if main else "local",
+                           ray_address=ray_address if main else None)
     tokenizer, tasks = prepared.tokenizer, prepared.tasks
     torch.manual_seed(schedule.seed)
     model = ErnieEncoder(build_backbone(model_cfg, tokenizer, training.seq_len), tasks)
