@@ -1,13 +1,20 @@
-"""A split's texts (sentences, passages) in one UTF-8 buffer with offsets, for the tasks that draw
+"""A split's texts (sentences, passages) in one UTF-8 file with offsets, for the tasks that draw
 texts from other documents.
 
-A list of Python strings costs an object per text and, in forked worker processes, copies the pages
-it touches (reference counts change on every read); here a text costs its bytes and one offset, and
-the buffer's pages stay shared. The module name starts with ``_`` so registry discovery skips it.
+A list of Python strings costs an object per text in memory, and every forked worker that reads it
+copies the pages it touches (reference counts change on every read). Here the texts' bytes live in
+an unnamed temporary file (under ``$TMPDIR``; deleted when the table is) and a text is read back
+with one ``pread`` at its offset, so a table costs the process 8 bytes a text whatever the size of
+the corpus; the bytes are in the kernel's page cache, reclaimable and shared by every process,
+not in any process's memory. (A memory map would be as fast, but each process that touches its
+pages counts them in its own resident memory: a corpus-sized table read at random by every worker.)
+The module name starts with ``_`` so registry discovery skips it.
 """
 
 from __future__ import annotations
 
+import os
+import tempfile
 from array import array
 from collections.abc import Sequence
 
@@ -19,13 +26,30 @@ from ernie_cl.corpus.store import id_hash
 class TextTable(Sequence):
     """Append-only texts, read back by position; equal to a list of the same strings."""
 
+    _FLUSH_BYTES = 1 << 20  # appended text is written to the file in blocks of this size
+
     def __init__(self) -> None:
-        self._bytes = bytearray()
+        self._file = tempfile.TemporaryFile(prefix="ernie-cl-texts-")
         self._offsets = array("q", [0])
+        self._pending = bytearray()
+        self._written = 0
 
     def append(self, text: str) -> None:
-        self._bytes += text.encode("utf-8")
-        self._offsets.append(len(self._bytes))
+        self._pending += text.encode("utf-8")
+        self._offsets.append(self._written + len(self._pending))
+        if len(self._pending) >= self._FLUSH_BYTES:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is appended (call when the table is complete, before workers fork)."""
+        if self._pending:
+            os.pwrite(self._file.fileno(), self._pending, self._written)
+            self._written += len(self._pending)
+            self._pending = bytearray()
+
+    @property
+    def nbytes(self) -> int:
+        return self._offsets[-1]
 
     def __len__(self) -> int:
         return len(self._offsets) - 1
@@ -37,7 +61,20 @@ class TextTable(Sequence):
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError("text index out of range")
-        return self._bytes[self._offsets[index]: self._offsets[index + 1]].decode("utf-8")
+        self.flush()
+        start = self._offsets[index]
+        return os.pread(self._file.fileno(), self._offsets[index + 1] - start, start).decode("utf-8")
+
+    def __getstate__(self) -> dict:
+        """Pickled (for a worker on another machine) with its bytes; unpickled into a new file."""
+        self.flush()
+        return {"bytes": os.pread(self._file.fileno(), self._written, 0) if self._written else b"",
+                "offsets": self._offsets}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__()
+        self._pending, self._offsets = bytearray(state["bytes"]), state["offsets"]
+        self.flush()
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, (list, tuple, TextTable)):

@@ -225,12 +225,14 @@ class IrRelevance(SentenceTask):
             self._doc_runs.add(doc.id, own.start, own.stop)
             pending += [(doc.id, text, passages, own) for text, passages in sections]
             if bucket_text >= bucket_chars:  # buckets end at a document's end
+                self.passages.flush()
                 self._rank_bucket(bucket_start, len(self.passages), pending)
                 bucket_start, bucket_text, pending = len(self.passages), 0, []
         if titled < 1 or with_text < 2:
             raise CorpusError(f"task 'ir_relevance' needs a document with a title and text (titles and headings are its queries) "
                               f"and another document with text in the split; found {titled} titled of {with_text} with text "
                               f"among {len(documents)}: use a larger or titled corpus, or give data_file")
+        self.passages.flush()
         if len(self.passages) > bucket_start:
             self._rank_bucket(bucket_start, len(self.passages), pending)
         self._doc_runs.freeze()

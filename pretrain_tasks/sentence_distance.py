@@ -77,6 +77,7 @@ class SentenceDistance(SentenceTask):
                     self._pool.append(text)
                 self._runs.add(doc.id, start, len(self._pool))
             long_docs += len(texts) >= 3
+        self._pool.flush()
         self._runs.freeze()
         if len(self._runs) < 2 or long_docs < 1:
             raise CorpusError(
