@@ -86,8 +86,9 @@ def _existing(path: str | Path | None, source: str, kind: str) -> Path:
 
 
 def _open_source(source: str, path: str | Path | None, split: str, text_field: str,
-                 title_field: str) -> tuple[str, Any]:
-    """(content hash, reader(stats) -> RawDocuments) for one source; validates the path first.
+                 title_field: str) -> tuple[str, Any, int | None]:
+    """(content hash, plan(stats) -> parse parts, input bytes when known: for the progress bar's
+    ETA) for one source; validates the path first.
     Hashing reads every source file, so an unreadable one is reported here, before any parsing."""
     try:
         return _open_readable_source(source, path, split, text_field, title_field)
@@ -96,7 +97,7 @@ def _open_source(source: str, path: str | Path | None, split: str, text_field: s
 
 
 def _open_readable_source(source: str, path: str | Path | None, split: str, text_field: str,
-                          title_field: str) -> tuple[str, Any]:
+                          title_field: str) -> tuple[str, Any, int | None]:
     if source == "bundled":
         if path is not None:
             raise CorpusError(f"source 'bundled' takes no path (got '{path}'); drop the path, or pick "
@@ -107,19 +108,22 @@ def _open_readable_source(source: str, path: str | Path | None, split: str, text
             yield from parts.wiki_parts(wiki_path, stats)
             yield from parts.line_parts("lines", lee_path)
 
-        return cache.hash_files([wiki_path, lee_path]), plan_bundled
+        return cache.hash_files([wiki_path, lee_path]), plan_bundled, None
     if source == "wiki":
         dump = _existing(path, source, "MediaWiki .xml or .xml.bz2 file")
-        return cache.hash_files([dump]), lambda stats: parts.wiki_parts(dump, stats)
+        return cache.hash_files([dump]), lambda stats: parts.wiki_parts(dump, stats), None
     if source == "lines":
         lines = _existing(path, source, "text file with one document per line")
-        return cache.hash_files([lines]), lambda stats: parts.line_parts("lines", lines)
+        return cache.hash_files([lines]), lambda stats: parts.line_parts("lines", lines), lines.stat().st_size
     if source == "txt":
         folder = _existing(path, source, ".txt folder")
-        return cache.hash_files(readers.txt_files(folder), root=folder), lambda stats: parts.txt_parts(folder)
+        files = readers.txt_files(folder)
+        return (cache.hash_files(files, root=folder), lambda stats: parts.txt_parts(folder),
+                sum(f.stat().st_size for f in files))
     if source == "jsonl":
         jsonl = _existing(path, source, "JSONL file")
-        return cache.hash_files([jsonl]), lambda stats: parts.line_parts("jsonl", jsonl, (text_field, title_field))
+        return (cache.hash_files([jsonl]), lambda stats: parts.line_parts("jsonl", jsonl, (text_field, title_field)),
+                jsonl.stat().st_size)
     if source == "hf":
         if path is None:
             raise CorpusError("corpus source 'hf' needs a path: a save_to_disk folder or a dataset name")
@@ -137,7 +141,7 @@ def _open_readable_source(source: str, path: str | Path | None, split: str, text
         if text_field not in columns:  # checked here, before any worker starts
             raise CorpusError(f"dataset '{path}' has no column '{text_field}' (columns: "
                               f"{', '.join(sorted(columns))}); set text_field to the text column")
-        return content, lambda stats: parts.hf_parts(str(path), dataset, split, text_field, title_field)
+        return content, lambda stats: parts.hf_parts(str(path), dataset, split, text_field, title_field), None
     raise CorpusError(f"unknown corpus source '{source}'; use one of: {', '.join(SOURCES)}")
 
 
@@ -154,7 +158,7 @@ def _check_options(eval_fraction: float, max_documents: int | None, phrase_min_c
 
 def _ingest(plan: Any, stats: Counter, staging: Path, *, max_documents: int | None, use_phrases: bool,
             phrase_min_count: int, phrase_threshold: float, spacy_model: str | None,
-            show_progress: bool, workers: int = 1) -> tuple[Path, dict[str, int]]:
+            show_progress: bool, workers: int = 1, total_bytes: int | None = None) -> tuple[Path, dict[str, int]]:
     """Parse the source into a store under ``staging``; returns its folder and document counts.
 
     The source is cut into parts (``parts.py``, a function of its bytes alone); ``workers``
@@ -172,7 +176,8 @@ def _ingest(plan: Any, stats: Counter, staging: Path, *, max_documents: int | No
     first_folder = staging / "pass1" if two_passes else final_folder
     first_folder.mkdir(parents=True, exist_ok=True)
     counter = span_sources.PhraseCounter(phrase_min_count, phrase_threshold) if use_phrases else None
-    with progress_bar(desc="parsing corpus", unit="B", unit_scale=True, disable=not show_progress) as bar:
+    with progress_bar(desc="parsing corpus", unit="B", unit_scale=True, total=total_bytes,
+                      disable=not show_progress) as bar:
         if max_documents is not None:
             shards = _parse_one_by_one(plan, stats, first_folder, max_documents, counter, bar)
         else:
@@ -189,7 +194,8 @@ def _ingest(plan: Any, stats: Counter, staging: Path, *, max_documents: int | No
                 tally[status] += 1
                 tally["documents"] += shard["documents"]
                 bar.update(shard.get("input_bytes", 0))
-                bar.set_postfix(docs=tally["documents"], refresh=False)
+                bar.set_postfix_str(f"{tally['documents']:,} docs, {tally['documents'] / max(bar.format_dict['elapsed'], 1e-9):,.0f} docs/s",
+                                    refresh=False)
             _log_reuse("parsed corpus", first_folder, tally, len(shards))
     _check_unique_ids(first_folder, shards)
     counts = finish_store(first_folder, shards)
@@ -384,7 +390,7 @@ def load_corpus(source: str = "bundled", path: str | Path | None = None, *, cach
                 show_progress: bool = True, workers: int = 1) -> Corpus:
     """Load (parse once, then from the Arrow cache) a corpus and split off held-out documents."""
     _check_options(eval_fraction, max_documents, phrase_min_count, phrase_threshold)
-    content, read = _open_source(source, path, split, text_field, title_field)
+    content, read, total_bytes = _open_source(source, path, split, text_field, title_field)
     parse_options = dict(
         format=cache.CACHE_FORMAT, code=cache.code_version(), source=source, content=content,
         max_documents=max_documents,
@@ -402,7 +408,8 @@ def load_corpus(source: str = "bundled", path: str | Path | None = None, *, cach
         try:
             folder, counts = _ingest(read, stats, staging, max_documents=max_documents, use_phrases=phrases,
                                      phrase_min_count=phrase_min_count, phrase_threshold=phrase_threshold,
-                                     spacy_model=spacy_model, show_progress=show_progress, workers=workers)
+                                     spacy_model=spacy_model, show_progress=show_progress, workers=workers,
+                                     total_bytes=total_bytes)
             if not counts["documents"]:
                 where = f"'{path}'" if path is not None else f"source '{source}'"
                 hint = f" (or check text_field='{text_field}')" if source in ("jsonl", "hf") else ""

@@ -142,13 +142,18 @@ def cached_examples(task, documents: Sequence[Document], *, split: str, seed: in
     types = store.column_types(columns_of(task), task.tokenizer.vocab_size, _label_sizes(task))
 
     def build_missing(missing: list[int]) -> Iterator[tuple[int, dict[str, Any]]]:
-        with _reported(task, len(documents)), progress_bar(total=len(missing), desc=f"{task.name} {split} examples",
-                                                           unit=" shards", disable=not show_progress) as bar:
+        # Progress in characters of text (shown as B: about a byte a character in English), so the
+        # rate reads as MB/s of text and the ETA holds whatever the shard sizes.
+        shard_text = [int(sum(chars[a:b])) for a, b in bounds]
+        with _reported(task, len(documents)), progress_bar(total=sum(shard_text[i] for i in missing), unit="B",
+                                                           unit_scale=True, desc=f"{task.name} {split} examples",
+                                                           disable=not show_progress) as bar:
             task.fit(documents)
-            for index, marker in ordered_map(_write_forked_shard, missing, workers if len(missing) > 1 else 1,
-                                             task=task, documents=documents, seed=seed, bounds=bounds, folder=folder,
-                                             types=types, point=f"example-shard:{task.name}/{split}"):
-                bar.update(1)
+            for done, (index, marker) in enumerate(ordered_map(
+                    _write_forked_shard, missing, workers if len(missing) > 1 else 1, task=task, documents=documents,
+                    seed=seed, bounds=bounds, folder=folder, types=types, point=f"example-shard:{task.name}/{split}"), 1):
+                bar.update(shard_text[index])
+                bar.set_postfix_str(f"{done}/{len(missing)} shards", refresh=False)
                 yield index, marker
 
     return store.build_set(folder, len(bounds), build_missing, types, task.tokenizer.sep_id,
