@@ -24,6 +24,7 @@ Typical use:
   ernie-cl train schedules/demo.yaml --run-dir runs/demo        # staged pre-training
   ernie-cl train schedules/demo.yaml --run-dir runs/demo --resume auto
   ernie-cl prepare schedules/ernie2_full.yaml --workers 8               # data preparation only
+  ernie-cl prepare SCHEDULE --engine ray --ray-address HEAD:6379 --cache-dir /shared/cache  # on a Ray cluster
   ernie-cl tasks                                                 # registered pre-training tasks
   ernie-cl tasks knowledge_masking --examples 3                  # what a task's examples look like
   ernie-cl validate schedules/demo.yaml                          # check a schedule, nothing else
@@ -64,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--allow-config-change", action="store_true",
                        help="resume even though the schedule or model config differs from the checkpoint's "
                             "(the differences are printed; shapes that no longer fit still fail)")
+    _engine_arguments(train, "where rank 0 builds missing data caches before training (as for prepare)")
     train.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     train.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
 
@@ -72,13 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the data preparation that `train` runs first, and stop: parse the corpus, train (or load) "
                     "the tokenizer, and build every task's training and held-out examples (and the fused sets of "
                     "token-level tasks that share forward passes), each cached under --cache-dir. Examples are "
-                    "built per document shard by --workers processes, each shard written to its own file when done: "
+                    "built per document shard by --workers processes (or Ray tasks, with --engine ray), each shard "
+                    "written to its own file when done: "
                     "a prepare that is killed continues where it stopped when run again, and `train` reuses all of "
                     "it. Prints what each stage took (seconds, bytes on disk).")
     prepare.add_argument("schedule", help="schedule YAML file")
     prepare.add_argument("--cache-dir", help="cache folder (as for train)")
     prepare.add_argument("--workers", type=int, metavar="N",
-                         help="processes that build examples (default: training.data_workers, else all cores)")
+                         help="processes (with --engine ray: Ray tasks at a time) that parse the corpus and build "
+                              "examples (default: training.data_workers, else all cores, or with Ray all the "
+                              "cluster's CPUs)")
+    _engine_arguments(prepare, "where the parallel stages run")
     prepare.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
     prepare.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
 
@@ -161,6 +167,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _engine_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--engine", choices=["local", "ray"], default="local",
+                        help=f"{what}: 'local' (default) forks processes on this machine; 'ray' runs the same "
+                             "stage functions (parsing the corpus, building each example shard) as Ray tasks over "
+                             "shard ids, on a Ray started on this machine or on the cluster of --ray-address; the "
+                             "examples are the same either way. On a cluster --cache-dir and the corpus must be on "
+                             "a path every node sees (a shared filesystem)")
+    parser.add_argument("--ray-address", metavar="ADDR",
+                        help="join this Ray cluster instead of starting Ray here (HOST:PORT of the head node, "
+                             "ray://HOST:PORT or auto); only with --engine ray")
+
+
+def _check_engine(args: argparse.Namespace) -> None:
+    if args.ray_address and args.engine != "ray":
+        raise ConfigError("--ray-address needs --engine ray (the local engine runs on this machine only)")
+
+
 def _export(args: argparse.Namespace) -> int:
     from ernie_cl.export import export_checkpoint
 
@@ -175,11 +198,13 @@ def _train(args: argparse.Namespace) -> int:
     from ernie_cl.training.stopping import StopRequested
     from ernie_cl.training.trainer import train
 
+    _check_engine(args)
     check_run(args.schedule)  # every configuration error before the corpus, tokenizer and model are built
     try:
         summary = train(args.schedule, args.run_dir, resume=args.resume, wandb_mode=args.wandb,
                         cache_dir=args.cache_dir, show_progress=not args.no_progress,
-                        allow_config_change=args.allow_config_change)
+                        allow_config_change=args.allow_config_change, data_engine=args.engine,
+                        ray_address=args.ray_address)
     except StopRequested as stop:
         print(f"ernie-cl: {stop}", file=sys.stderr)
         return stop.exit_code
@@ -193,9 +218,11 @@ def _prepare(args: argparse.Namespace) -> int:
 
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+    _check_engine(args)
     configs = check_run(args.schedule)
     prepared = prepare(configs.schedule, configs.model, Path(args.cache_dir) if args.cache_dir else None,
-                       show_progress=not args.no_progress, workers=args.workers)
+                       show_progress=not args.no_progress, workers=args.workers, engine=args.engine,
+                       ray_address=args.ray_address)
     text = prepared.corpus.stats.get("characters", 0)
     print(f"ernie-cl: prepared {len(prepared.train_sets)} training and {len(prepared.eval_sets)} held-out example "
           f"set(s) from {prepared.corpus.stats.get('documents', 0)} documents ({text / 1e6:.1f} M characters)")

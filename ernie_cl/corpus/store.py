@@ -131,6 +131,11 @@ class DocumentStore:
     def __len__(self) -> int:
         return int(self.starts[-1])
 
+    def __reduce__(self):
+        """Pickled as its folder (for Ray workers): the other side reads the small files again and
+        maps the shards on first use; the memory-mapped tables never travel."""
+        return DocumentStore, (self.folder,)
+
     def table(self, shard: int):
         import pyarrow as pa
 
@@ -164,6 +169,9 @@ class DocumentView(Sequence):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def __reduce__(self):
+        return DocumentView, (self.store, self.indices)  # the store pickles as its folder
 
     def __getitem__(self, key):
         if isinstance(key, slice):

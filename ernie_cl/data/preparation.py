@@ -17,6 +17,7 @@ from typing import Any, Iterator, Optional
 from ernie_cl.config.budgets import Stage, plan_stages
 from ernie_cl.config.schedule import ScheduleConfig
 from ernie_cl.corpus import Corpus, load_corpus
+from ernie_cl.corpus.workers import engine_cpus, use_engine
 from ernie_cl.data.examples import cached_examples
 from ernie_cl.data.tokenizer import TextTokenizer, build_or_load_tokenizer, load_tokenizer
 
@@ -94,9 +95,22 @@ def prepare(
     task_names: Optional[list[str]] = None,
     show_progress: bool = True,
     workers: Optional[int] = None,
+    engine: str = "local",
+    ray_address: Optional[str] = None,
 ) -> Prepared:
     """Corpus, tokenizer, tasks and every example set of the schedule (built where not cached).
-    ``workers``: processes that build examples (default ``training.data_workers``, else all cores)."""
+    ``workers``: processes (or Ray tasks at a time) that parse the corpus and build examples
+    (default ``training.data_workers``, else all cores, or with Ray all the cluster's CPUs).
+    ``engine``: ``local`` (forked processes) or ``ray`` (the same stage functions as Ray tasks over
+    shard ids; Ray started here, or the cluster at ``ray_address``, whose nodes must all see
+    ``cache_dir`` and the corpus at the same paths). The result does not depend on the engine."""
+    explicit = workers or schedule.training.data_workers
+    with use_engine(engine, ray_address, num_cpus=explicit or os.cpu_count() or 1):
+        return _prepare(schedule, model_cfg, cache_dir, task_names, show_progress, explicit or engine_cpus())
+
+
+def _prepare(schedule: ScheduleConfig, model_cfg: dict[str, Any], cache_dir: Optional[Path],
+             task_names: Optional[list[str]], show_progress: bool, workers: int) -> Prepared:
     from pretrain_tasks import get_task_class
     from pretrain_tasks._packed import FusedPackedTasks
 
@@ -115,7 +129,6 @@ def prepare(
         tasks[name] = get_task_class(name)(tokenizer, seq_len, options)
     stages = plan_stages(schedule)
     prepared = Prepared(corpus, tokenizer, tasks, stages, report=report)
-    workers = workers or schedule.training.data_workers or os.cpu_count() or 1
     common = dict(seed=schedule.seed, corpus_fingerprint=corpus.fingerprint, cache_dir=cache_dir, workers=workers,
                   show_progress=show_progress)
 

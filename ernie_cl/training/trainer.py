@@ -44,11 +44,11 @@ def train(
     show_progress: bool = True,
     allow_config_change: bool = False,
     wandb_group: Optional[str] = None,
-    engine: str = "local",
+    data_engine: str = "local",
     ray_address: Optional[str] = None,
 ) -> dict[str, Any]:
     """Run (or resume) a schedule; returns the summary also written to ``RUN/summary.json``.
-    ``engine`` / ``ray_address``: how rank 0 builds missing data caches (see ``prepare``); the other
+    ``data_engine`` / ``ray_address``: how rank 0 builds missing data caches (see ``prepare``); the other
     ranks read what rank 0 built, on the local engine."""
     name_accelerator()
     schedule_path = Path(schedule_path)
@@ -70,7 +70,7 @@ def train(
     with distributed.main_first():  # rank 0 builds the caches, the other ranks then read them
         main = distributed.is_main()
         prepared = prepare(schedule, model_cfg, Path(cache_dir or default_cache_dir()),
-                           show_progress=show_progress and main, engine=engine if main else "local",
+                           show_progress=show_progress and main, engine=data_engine if main else "local",
                            ray_address=ray_address if main else None)
     tokenizer, tasks = prepared.tokenizer, prepared.tasks
     torch.manual_seed(schedule.seed)
