@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from conftest import random_document
@@ -205,3 +206,18 @@ def test_a_parse_worker_that_dies_is_one_line_and_its_finished_shards_are_kept(t
         again = corpus_of(source, tmp_path / "cache", workers=2)
     assert "reused" in caplog.text
     assert list(again.documents) == list(corpus_of(source, tmp_path / "fresh", workers=1).documents)
+
+
+def test_the_tokenizer_sample_is_spread_over_the_corpus_and_only_taken_when_it_is_large(tmp_path):
+    from ernie_cl.data.preparation import tokenizer_sample
+
+    corpus = corpus_of(write_jsonl(tmp_path / "corpus.jsonl", documents=400), tmp_path / "cache", workers=1)
+    total = int(corpus.train.char_counts().sum())
+    whole, name = tokenizer_sample(corpus.train, total)
+    assert whole is corpus.train and name is None
+    sample, name = tokenizer_sample(corpus.train, total // 4)
+    again, _ = tokenizer_sample(corpus.train, total // 4)
+    assert name and [d.id for d in sample] == [d.id for d in again]  # the same documents every time
+    assert 0.15 < sample.char_counts().sum() / total < 0.35
+    positions = np.nonzero(np.isin(corpus.train.indices, sample.indices))[0]
+    assert positions.min() < len(corpus.train) * 0.2 and positions.max() > len(corpus.train) * 0.8  # not a prefix

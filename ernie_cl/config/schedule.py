@@ -79,6 +79,9 @@ class TokenizerConfig(_Strict):
     pretrained: Optional[str] = None  # a local Hugging Face tokenizer directory
     vocab_size: Int = Field(default=8000, ge=100)
     lowercase: Bool = True
+    # WordPiece is trained on at most this much text: a sample of documents spread over the whole
+    # corpus by id hash, so the cost stays flat on a large corpus (README, "Tokenizer").
+    sample_chars: Int = Field(default=100_000_000, ge=1_000)
 
 
 class TrainingConfig(_Strict):

@@ -84,8 +84,24 @@ def schedule_tokenizer(schedule: ScheduleConfig, corpus: Corpus, cache_dir: Path
         return load_tokenizer(t.pretrained)
     if "pretrained" in model_cfg:
         return load_tokenizer(model_cfg["pretrained"])
-    texts = (s.text for d in corpus.train for s in d.sentences())
-    return build_or_load_tokenizer(texts, corpus.fingerprint, cache_dir, vocab_size=t.vocab_size, lowercase=t.lowercase)
+    documents, sample = tokenizer_sample(corpus.train, t.sample_chars)
+    texts = (s.text for d in documents for s in d.sentences())
+    return build_or_load_tokenizer(texts, corpus.fingerprint, cache_dir, vocab_size=t.vocab_size, lowercase=t.lowercase,
+                                   sample=sample)
+
+
+def tokenizer_sample(train, sample_chars: int):
+    """(documents, name of the sample): all of the training split when it has at most
+    ``sample_chars`` characters, else the documents whose id hash's low 32 bits, read as a
+    fraction, are below sample_chars / total: about sample_chars of text spread over the whole
+    corpus, the same on every run (the held-out split reads the hash's high bits)."""
+    import numpy as np
+
+    if not hasattr(train, "char_counts") or int(train.char_counts().sum()) <= sample_chars:
+        return train, None
+    fraction = sample_chars / int(train.char_counts().sum())
+    low = (train.store.hashes[train.indices] & np.uint64(0xFFFFFFFF)).astype(np.float64) / 2.0**32
+    return train.store.view(train.indices[low < fraction]), f"sample of {sample_chars} characters"
 
 
 def prepare(

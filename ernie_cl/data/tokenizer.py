@@ -139,9 +139,12 @@ def build_or_load_tokenizer(
     cache_dir: str | os.PathLike,
     vocab_size: int,
     lowercase: bool = True,
+    sample: str | None = None,
 ) -> TextTokenizer:
-    """Train on the corpus once; later calls with the same corpus and settings load the cache."""
-    key = hashlib.sha256(json.dumps([corpus_fingerprint, vocab_size, lowercase, "wordpiece-v1"]).encode()).hexdigest()[:16]
+    """Train on the corpus once; later calls with the same corpus and settings load the cache.
+    ``sample``: what names the sample of the corpus ``texts`` come from, when they are not all of it."""
+    settings = [corpus_fingerprint, vocab_size, lowercase, "wordpiece-v1"] + ([sample] if sample else [])
+    key = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]
     target = Path(cache_dir) / "tokenizers" / key
     if not (target / "tokenizer.json").exists():
         hf = train_wordpiece(texts, vocab_size=vocab_size, lowercase=lowercase)
