@@ -22,6 +22,10 @@ class ConfigError(ErnieClError):
     exit_code = 2
 
 
+class CacheMissingError(ConfigError):
+    """A process that only reads the cache (a training rank other than 0) did not find what it needs."""
+
+
 class CorpusError(ErnieClError):
     """The corpus is missing, unreadable, empty, or too small for a task."""
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 import yaml
 
-from test_distributed import FINAL, MICRO_MODEL, ROOT, shared_cache, train, write_schedule
+from test_distributed import FINAL, ROOT, shared_cache, train, write_schedule
 
 TEXTS = ["The river flows through the old city.", "In 1900, the museum opened near Paris"]
 FRESH_PROCESS = """

@@ -79,7 +79,7 @@ def test_a_bad_line_in_a_later_part_names_its_line_and_leaves_no_partial_cache(t
     lines = source.read_text().splitlines()
     lines[50] = '{"title": "broken", "text": '
     source.write_text("\n".join(lines) + "\n")
-    with pytest.raises(CorpusError, match=f"corpus.jsonl line 51 is not valid JSON"):
+    with pytest.raises(CorpusError, match="corpus.jsonl line 51 is not valid JSON"):
         corpus_of(source, tmp_path / "cache", workers=2)
     assert list((tmp_path / "cache" / "corpus").iterdir()) == []  # nothing half-written stays
 
@@ -221,3 +221,29 @@ def test_the_tokenizer_sample_is_spread_over_the_corpus_and_only_taken_when_it_i
     assert 0.15 < sample.char_counts().sum() / total < 0.35
     positions = np.nonzero(np.isin(corpus.train.indices, sample.indices))[0]
     assert positions.min() < len(corpus.train) * 0.2 and positions.max() > len(corpus.train) * 0.8  # not a prefix
+
+
+def test_a_reader_of_the_cache_says_in_one_line_what_is_missing_and_builds_nothing(tmp_path, tokenizer):
+    """What a training rank other than 0 does: read the prepared cache, never build it."""
+    import shutil
+
+    from ernie_cl.config.schedule import load_model_config, load_schedule
+    from ernie_cl.data.preparation import prepare
+    from ernie_cl.errors import CacheMissingError
+
+    tokenizer.hf.save_pretrained(str(tmp_path / "tok"))
+    schedule_file = tmp_path / "resume.yaml"
+    schedule_file.write_text(SCHEDULE.format(source=write_jsonl(tmp_path / "corpus.jsonl"), tokenizer=tmp_path / "tok"))
+    schedule = load_schedule(schedule_file)
+    model = load_model_config(schedule.model, schedule_file.parent)
+    with pytest.raises(CacheMissingError, match="no parsed corpus for this schedule in"):
+        prepare(schedule, model, tmp_path / "cache", show_progress=False, workers=1, build=False)
+    assert not (tmp_path / "cache" / "corpus").exists() or not list((tmp_path / "cache" / "corpus").iterdir())
+    built = prepare(schedule, model, tmp_path / "cache", show_progress=False, workers=1)
+    again = prepare(schedule, model, tmp_path / "cache", show_progress=False, workers=1, build=False)
+    assert {k: v.content_hash() for k, v in again.train_sets.items()} == {
+        k: v.content_hash() for k, v in built.train_sets.items()}
+    shutil.rmtree(built.train_sets["sentence_distance"].folder)
+    with pytest.raises(CacheMissingError, match="task 'sentence_distance': .* train example shard.s. are not in"):
+        prepare(schedule, model, tmp_path / "cache", show_progress=False, workers=1, build=False)
+    assert not list(built.train_sets["sentence_distance"].folder.glob("shard-*"))  # nothing was built

@@ -32,7 +32,7 @@ from ernie_cl.corpus.durable import file_sha256, fsync_dir, fsync_file, write_js
 from ernie_cl.corpus.store import DocumentStore, DocumentView, StoreWriter, finish_store, id_hash, write_shard
 from ernie_cl.corpus.workers import SHARED, ordered_map
 from ernie_cl.corpus.sentences import MAX_SENTENCE_CHARS, RawDocument, build_document
-from ernie_cl.errors import CorpusError, DataBuildError, ErnieClError
+from ernie_cl.errors import CacheMissingError, CorpusError, DataBuildError, ErnieClError
 
 SOURCES = ("bundled", "wiki", "txt", "jsonl", "hf", "lines")
 logger = logging.getLogger(__name__)
@@ -387,8 +387,9 @@ def load_corpus(source: str = "bundled", path: str | Path | None = None, *, cach
                 max_documents: int | None = None, eval_fraction: float = 0.05, phrases: bool = True,
                 phrase_min_count: int = 5, phrase_threshold: float = 10.0, spacy_model: str | None = None,
                 text_field: str = "text", title_field: str = "title", split: str = "train",
-                show_progress: bool = True, workers: int = 1) -> Corpus:
-    """Load (parse once, then from the Arrow cache) a corpus and split off held-out documents."""
+                show_progress: bool = True, workers: int = 1, build: bool = True) -> Corpus:
+    """Load (parse once, then from the Arrow cache) a corpus and split off held-out documents.
+    ``build=False``: only from the cache (a CacheMissingError when it is not there)."""
     _check_options(eval_fraction, max_documents, phrase_min_count, phrase_threshold)
     content, read, total_bytes = _open_source(source, path, split, text_field, title_field)
     parse_options = dict(
@@ -402,6 +403,8 @@ def load_corpus(source: str = "bundled", path: str | Path | None = None, *, cach
     target = Path(cache_dir).expanduser() / "corpus" / key
     cached = _open_cache(target)
     from_cache = cached is not None
+    if cached is None and not build:
+        raise CacheMissingError(f"no parsed corpus for this schedule in '{target.parent}'")
     if cached is None:
         stats: Counter = Counter()
         staging = _staging_folder(target)

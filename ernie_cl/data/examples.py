@@ -33,7 +33,7 @@ import torch
 from ernie_cl.corpus.document import Document
 from ernie_cl.corpus.workers import SHARED, ordered_map
 from ernie_cl.data import example_store as store
-from ernie_cl.errors import CorpusError, DataBuildError, ErnieClError
+from ernie_cl.errors import CacheMissingError, CorpusError, DataBuildError, ErnieClError
 
 INPUT_COLUMNS = ("input_ids", "token_type_ids")
 IGNORE = -100
@@ -127,10 +127,11 @@ def _write_forked_shard(index: int) -> tuple[int, dict[str, Any]]:
 
 def cached_examples(task, documents: Sequence[Document], *, split: str, seed: int, corpus_fingerprint: str,
                     cache_dir: str | os.PathLike, workers: int = 1, shard_chars: int | None = None,
-                    show_progress: bool = False) -> store.ExampleSet:
+                    show_progress: bool = False, build: bool = True) -> store.ExampleSet:
     """The task's examples for one split (built once, shard by shard, then memory-mapped; see
     ``example_store``). A killed build continues where it stopped; damaged shards are rebuilt.
-    ``shard_chars``: text per shard (default ``shard_size`` of the split)."""
+    ``shard_chars``: text per shard (default ``shard_size`` of the split). ``build=False``: only
+    from the cache (a CacheMissingError naming what is missing)."""
     from ernie_cl.progress import progress_bar
 
     chars = documents.char_counts() if hasattr(documents, "char_counts") else [  # a store view: nothing decoded
@@ -142,6 +143,9 @@ def cached_examples(task, documents: Sequence[Document], *, split: str, seed: in
     types = store.column_types(columns_of(task), task.tokenizer.vocab_size, _label_sizes(task))
 
     def build_missing(missing: list[int]) -> Iterator[tuple[int, dict[str, Any]]]:
+        if not build:
+            raise CacheMissingError(f"task '{task.name}': {len(missing)} of {len(bounds)} {split} example shard(s) are "
+                              f"not in '{folder}'")
         # Progress in characters of text (shown as B: about a byte a character in English), so the
         # rate reads as MB/s of text and the ETA holds whatever the shard sizes.
         shard_text = [int(sum(chars[a:b])) for a, b in bounds]

@@ -56,7 +56,7 @@ def _folder_bytes(folder: Optional[Path]) -> Optional[int]:
 
 
 def load_schedule_corpus(schedule: ScheduleConfig, cache_dir: Path, show_progress: bool = True,
-                         workers: Optional[int] = None) -> Corpus:
+                         workers: Optional[int] = None, build: bool = True) -> Corpus:
     """The schedule's corpus (parsed by ``workers`` processes on a cache miss; default as for examples)."""
     c = schedule.corpus
     return load_corpus(
@@ -74,10 +74,12 @@ def load_schedule_corpus(schedule: ScheduleConfig, cache_dir: Path, show_progres
         split=c.split,
         show_progress=show_progress,
         workers=workers or schedule.training.data_workers or os.cpu_count() or 1,
+        build=build,
     )
 
 
-def schedule_tokenizer(schedule: ScheduleConfig, corpus: Corpus, cache_dir: Path, model_cfg: dict[str, Any]) -> TextTokenizer:
+def schedule_tokenizer(schedule: ScheduleConfig, corpus: Corpus, cache_dir: Path, model_cfg: dict[str, Any],
+                       build: bool = True) -> TextTokenizer:
     """The schedule's tokenizer; a pretrained model brings its own unless one is configured."""
     t = schedule.tokenizer
     if t.pretrained:
@@ -87,7 +89,7 @@ def schedule_tokenizer(schedule: ScheduleConfig, corpus: Corpus, cache_dir: Path
     documents, sample = tokenizer_sample(corpus.train, t.sample_chars)
     texts = (s.text for d in documents for s in d.sentences())
     return build_or_load_tokenizer(texts, corpus.fingerprint, cache_dir, vocab_size=t.vocab_size, lowercase=t.lowercase,
-                                   sample=sample)
+                                   sample=sample, build=build)
 
 
 def tokenizer_sample(train, sample_chars: int):
@@ -113,30 +115,33 @@ def prepare(
     workers: Optional[int] = None,
     engine: str = "local",
     ray_address: Optional[str] = None,
+    build: bool = True,
 ) -> Prepared:
     """Corpus, tokenizer, tasks and every example set of the schedule (built where not cached).
     ``workers``: processes (or Ray tasks at a time) that parse the corpus and build examples
     (default ``training.data_workers``, else all cores, or with Ray all the cluster's CPUs).
     ``engine``: ``local`` (forked processes) or ``ray`` (the same stage functions as Ray tasks over
     shard ids; Ray started here, or the cluster at ``ray_address``, whose nodes must all see
-    ``cache_dir`` and the corpus at the same paths). The result does not depend on the engine."""
+    ``cache_dir`` and the corpus at the same paths). The result does not depend on the engine.
+    ``build=False``: read everything from the cache, and a one-line CacheMissingError naming the first
+    thing that is not there (training ranks other than 0 read what rank 0 or ``prepare`` built)."""
     explicit = workers or schedule.training.data_workers
     with use_engine(engine, ray_address, num_cpus=explicit or os.cpu_count() or 1):
-        return _prepare(schedule, model_cfg, cache_dir, task_names, show_progress, explicit or engine_cpus())
+        return _prepare(schedule, model_cfg, cache_dir, task_names, show_progress, explicit or engine_cpus(), build)
 
 
 def _prepare(schedule: ScheduleConfig, model_cfg: dict[str, Any], cache_dir: Optional[Path],
-             task_names: Optional[list[str]], show_progress: bool, workers: int) -> Prepared:
+             task_names: Optional[list[str]], show_progress: bool, workers: int, build: bool = True) -> Prepared:
     from pretrain_tasks import get_task_class
     from pretrain_tasks._packed import FusedPackedTasks
 
     cache_dir = Path(cache_dir or default_cache_dir())
     report: list[dict[str, Any]] = []
     with _timed(report, "corpus") as entry:
-        corpus = load_schedule_corpus(schedule, cache_dir, show_progress, workers)
+        corpus = load_schedule_corpus(schedule, cache_dir, show_progress, workers, build)
         entry["bytes"] = _folder_bytes(corpus.cache_path)
     with _timed(report, "tokenizer"):
-        tokenizer = schedule_tokenizer(schedule, corpus, cache_dir, model_cfg)
+        tokenizer = schedule_tokenizer(schedule, corpus, cache_dir, model_cfg, build)
     seq_len = schedule.training.seq_len
     names = task_names or schedule.task_names()
     tasks = {}
@@ -146,7 +151,7 @@ def _prepare(schedule: ScheduleConfig, model_cfg: dict[str, Any], cache_dir: Opt
     stages = plan_stages(schedule)
     prepared = Prepared(corpus, tokenizer, tasks, stages, report=report)
     common = dict(seed=schedule.seed, corpus_fingerprint=corpus.fingerprint, cache_dir=cache_dir, workers=workers,
-                  show_progress=show_progress)
+                  show_progress=show_progress, build=build)
 
     def build(task, documents, split: str):
         with _timed(report, f"{task.name} {split}") as entry:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
 
-from ernie_cl.errors import ConfigError
+from ernie_cl.errors import CacheMissingError, ConfigError
 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
@@ -140,6 +140,7 @@ def build_or_load_tokenizer(
     vocab_size: int,
     lowercase: bool = True,
     sample: str | None = None,
+    build: bool = True,
 ) -> TextTokenizer:
     """Train on the corpus once; later calls with the same corpus and settings load the cache.
     ``sample``: what names the sample of the corpus ``texts`` come from, when they are not all of it."""
@@ -147,6 +148,8 @@ def build_or_load_tokenizer(
     key = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]
     target = Path(cache_dir) / "tokenizers" / key
     if not (target / "tokenizer.json").exists():
+        if not build:
+            raise CacheMissingError(f"no trained tokenizer for this corpus in '{target}'")
         hf = train_wordpiece(texts, vocab_size=vocab_size, lowercase=lowercase)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))

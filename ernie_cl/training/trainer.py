@@ -21,7 +21,7 @@ from ernie_cl.config.schedule import load_deepspeed_config, load_model_config, l
 from ernie_cl.corpus.durable import write_json_durably
 from ernie_cl.data.examples import ExampleStream, to_device
 from ernie_cl.data.preparation import default_cache_dir, prepare
-from ernie_cl.errors import CheckpointError, TrainingError
+from ernie_cl.errors import CacheMissingError, CheckpointError, TrainingError
 from ernie_cl.model.balancing import balancer_from_spec
 from ernie_cl.model.encoder import ErnieEncoder, build_backbone
 from ernie_cl.model.extras import restore_extras
@@ -69,9 +69,15 @@ def train(
 
     with distributed.main_first():  # rank 0 builds the caches, the other ranks then read them
         main = distributed.is_main()
-        prepared = prepare(schedule, model_cfg, Path(cache_dir or default_cache_dir()),
-                           show_progress=show_progress and main, engine=data_engine if main else "local",
-                           ray_address=ray_address if main else None)
+        cache = Path(cache_dir or default_cache_dir())
+        try:  # only rank 0 builds: the others read what it (or `ernie-cl prepare`) left in the cache
+            prepared = prepare(schedule, model_cfg, cache, show_progress=show_progress and main,
+                               engine=data_engine if main else "local", ray_address=ray_address if main else None,
+                               build=main)
+        except CacheMissingError as err:
+            raise CacheMissingError(f"rank {distributed.rank()}: the prepared data is missing ({err}); put --cache-dir on "
+                              f"storage every node sees (it is {cache}) and run `ernie-cl prepare` there before "
+                              "launching the ranks") from None
     tokenizer, tasks = prepared.tokenizer, prepared.tasks
     torch.manual_seed(schedule.seed)
     model = ErnieEncoder(build_backbone(model_cfg, tokenizer, training.seq_len), tasks)
