@@ -26,6 +26,7 @@ Columns are stored compactly and read back as the tasks wrote them:
 
 from __future__ import annotations
 
+import array
 import hashlib
 import json
 import logging
@@ -85,18 +86,45 @@ def derived_types(ids: np.ndarray, offsets: np.ndarray, sep_id: int) -> np.ndarr
 
 # --- writing one shard --------------------------------------------------------------------------
 
-def write_shard(folder: Path, index: int, rows: dict[str, list[list[int]]], types: dict[str, str],
+class RowColumn:
+    """One column of a shard being built: its rows' values end to end and their lengths, as
+    machine integers (``append`` takes a row, as a list does)."""
+
+    __slots__ = ("values", "lengths")
+
+    def __init__(self) -> None:
+        self.values, self.lengths = array.array("q"), array.array("q")
+
+    def append(self, row: Sequence[int]) -> None:
+        self.values.extend(row)
+        self.lengths.append(len(row))
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+
+def _rows_flat(values) -> tuple[np.ndarray, np.ndarray]:
+    """(every value end to end as int64, int32 row offsets) of a RowColumn or a list of rows."""
+    if isinstance(values, RowColumn):
+        lengths = np.frombuffer(values.lengths, dtype=np.int64) if len(values) else np.zeros(0, np.int64)
+        flat = np.frombuffer(values.values, dtype=np.int64) if len(values.values) else np.zeros(0, np.int64)
+    else:
+        lengths = np.fromiter((len(v) for v in values), dtype=np.int64, count=len(values))
+        flat = np.fromiter((x for v in values for x in v), dtype=np.int64, count=int(lengths.sum()))
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    return flat, offsets
+
+def write_shard(folder: Path, index: int, rows: dict[str, Any], types: dict[str, str],
                 sep_id: int, point: str = "") -> dict[str, Any]:
-    """Write one shard's examples atomically and mark it done; returns its marker."""
+    """Write one shard's examples (per column a list of rows or a RowColumn) atomically and mark
+    it done; returns its marker."""
     import pyarrow as pa
 
     arrays, names = [], []
     flat_ids = offsets = None
     for column, values in rows.items():
-        lengths = np.fromiter((len(v) for v in values), dtype=np.int64, count=len(values))
-        offsets_col = np.zeros(len(values) + 1, dtype=np.int32)
-        np.cumsum(lengths, out=offsets_col[1:])
-        flat = np.fromiter((x for v in values for x in v), dtype=np.int64, count=int(offsets_col[-1]))
+        flat, offsets_col = _rows_flat(values)
         if column == "input_ids":
             flat_ids, offsets = flat, offsets_col
         if column == TYPES:

@@ -159,10 +159,19 @@ def _prepare(schedule: ScheduleConfig, model_cfg: dict[str, Any], cache_dir: Opt
             entry["bytes"] = example_set.num_bytes
         return example_set
 
+    fused_groups = list(dict.fromkeys(s.fused for s in stages if s.fused and set(s.fused) <= set(tasks)))
     for name, task in tasks.items():
-        prepared.train_sets[name] = build(task, corpus.train, "train")
+        # a task that every stage trains inside a fused group never reads its own training set:
+        # building it would cost as much as the fused set again (a third of a large prepare)
+        if task_names or not fused_groups or _trained_alone(name, stages):
+            prepared.train_sets[name] = build(task, corpus.train, "train")
         prepared.eval_sets[name] = build(task, corpus.heldout, "heldout")
-    for group in dict.fromkeys(s.fused for s in stages if s.fused and set(s.fused) <= set(tasks)):
+    for group in fused_groups:
         fused = FusedPackedTasks([tasks[t] for t in group])
         prepared.train_sets["+".join(group)] = build(fused, corpus.train, "train")
     return prepared
+
+
+def _trained_alone(name: str, stages: list[Stage]) -> bool:
+    """Whether some stage trains ``name`` on its own example set (not inside a fused group)."""
+    return any(name in s.budgets and name not in s.fused for s in stages)
