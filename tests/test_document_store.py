@@ -9,7 +9,7 @@ import numpy as np
 from conftest import random_document
 from ernie_cl.corpus import load_corpus, split_heldout
 from ernie_cl.corpus.loader import heldout_mask
-from ernie_cl.corpus.store import DocumentStore, StoreWriter, id_hash
+from ernie_cl.corpus.store import OPEN_SHARDS, DocumentStore, StoreWriter, id_hash
 
 
 def stored(tmp_path, documents, shard_chars):
@@ -34,6 +34,8 @@ def test_documents_stream_into_bounded_shards_and_read_back_exactly(tmp_path):
     assert view.char_counts().tolist() == [sum(len(s.text) for s in d.sentences()) for d in documents]
     assert writer.counts["documents"] == 50 and writer.counts["sentences"] == sum(d.num_sentences() for d in documents)
     assert store.hashes.tolist() == [id_hash(d.id) for d in documents]
+    assert len(store._tables) <= OPEN_SHARDS  # a pass over the store leaves only the last few mapped
+    assert list(reversed(view)) == documents[::-1]  # shards unmapped and mapped again read the same
 
 
 def test_the_split_from_stored_hashes_is_the_split_of_the_list(tmp_path):

@@ -75,6 +75,25 @@ def test_segment_ids_that_do_not_follow_the_sep_positions_are_kept(tmp_path):
     assert "token_type_ids" not in shard_schema(derived).names and derived[0] == {k: v[0] for k, v in follows.items()}
 
 
+
+def test_rows_gathered_in_machine_integer_columns_are_written_as_the_same_file(tmp_path):
+    """What a worker gathers (RowColumn) and the lists a task returns give the same bytes on disk."""
+    from ernie_cl.data.example_store import RowColumn, column_types, write_shard
+
+    rows = {"input_ids": [[2, 700, 3], [2, 5, 3, 6, 3], []], "token_type_ids": [[0, 0, 0], [0, 0, 0, 1, 1], []],
+            "labels": [[-100, 7, -100], [1, 2, 3, 4, 5], []]}
+    compact = {}
+    for column, values in rows.items():
+        compact[column] = RowColumn()
+        for row in values:
+            compact[column].append(row)
+    types = column_types(list(rows), 1000, {"labels": 8})
+    for name, columns in (("lists", rows), ("compact", compact)):
+        (tmp_path / name).mkdir()
+        write_shard(tmp_path / name, 0, columns, types, sep_id=3)
+    assert (tmp_path / "lists" / "shard-00000.arrow").read_bytes() == (tmp_path / "compact" / "shard-00000.arrow").read_bytes()
+    assert len(compact["labels"]) == 3
+
 KILLED_BUILD = """
 import random, sys
 sys.path.insert(0, {tests!r})

@@ -80,7 +80,7 @@ def derived_types(ids: np.ndarray, offsets: np.ndarray, sep_id: int) -> np.ndarr
     """Segment ids of flattened rows: the number of [SEP] strictly before each token in its row, mod 2."""
     is_sep = (ids == sep_id).astype(np.int64)
     before = np.cumsum(is_sep) - is_sep  # [SEP] before each token, counted from the first row
-    starts = np.repeat(before[offsets[:-1]] if len(ids) else np.zeros(0, np.int64), np.diff(offsets))
+    starts = np.repeat(np.append(before, 0)[offsets[:-1]], np.diff(offsets))  # an empty last row: index len(ids)
     return ((before - starts) % 2).astype(np.uint8)
 
 
