@@ -115,6 +115,7 @@ def _rows_flat(values) -> tuple[np.ndarray, np.ndarray]:
     np.cumsum(lengths, out=offsets[1:])
     return flat, offsets
 
+
 def write_shard(folder: Path, index: int, rows: dict[str, Any], types: dict[str, str],
                 sep_id: int, point: str = "") -> dict[str, Any]:
     """Write one shard's examples (per column a list of rows or a RowColumn) atomically and mark

@@ -153,7 +153,7 @@ def _prepare(schedule: ScheduleConfig, model_cfg: dict[str, Any], cache_dir: Opt
     common = dict(seed=schedule.seed, corpus_fingerprint=corpus.fingerprint, cache_dir=cache_dir, workers=workers,
                   show_progress=show_progress, build=build)
 
-    def build(task, documents, split: str):
+    def build_set(task, documents, split: str):
         with _timed(report, f"{task.name} {split}") as entry:
             example_set = cached_examples(task, documents, split=split, **common)
             entry["bytes"] = example_set.num_bytes
@@ -164,11 +164,11 @@ def _prepare(schedule: ScheduleConfig, model_cfg: dict[str, Any], cache_dir: Opt
         # a task that every stage trains inside a fused group never reads its own training set:
         # building it would cost as much as the fused set again (a third of a large prepare)
         if task_names or not fused_groups or _trained_alone(name, stages):
-            prepared.train_sets[name] = build(task, corpus.train, "train")
-        prepared.eval_sets[name] = build(task, corpus.heldout, "heldout")
+            prepared.train_sets[name] = build_set(task, corpus.train, "train")
+        prepared.eval_sets[name] = build_set(task, corpus.heldout, "heldout")
     for group in fused_groups:
         fused = FusedPackedTasks([tasks[t] for t in group])
-        prepared.train_sets["+".join(group)] = build(fused, corpus.train, "train")
+        prepared.train_sets["+".join(group)] = build_set(fused, corpus.train, "train")
     return prepared
 
 
