@@ -91,3 +91,35 @@ def test_trained_tokenizer_is_cached_by_corpus_fingerprint_and_loads_as_hf(corpu
     # an ordinary Hugging Face tokenizer directory
     loaded = load_tokenizer(cached[0])
     assert loaded.lowercase and loaded.mask_id == first.mask_id and loaded.vocab_size == first.vocab_size
+
+
+def test_a_tokenizer_saved_with_padding_and_truncation_encodes_texts_unpadded_and_whole(tokenizer, tmp_path):
+    # sentence-transformers folders (all-MiniLM-L6-v2) pad every text to 128: tasks must not see [PAD]
+    backend = tokenizer.hf.backend_tokenizer
+    backend.enable_padding(length=32, pad_id=tokenizer.pad_id, pad_token="[PAD]")
+    backend.enable_truncation(max_length=4)
+    try:
+        tokenizer.hf.save_pretrained(str(tmp_path / "padded"))
+    finally:
+        backend.no_padding()
+        backend.no_truncation()
+    padded = load_tokenizer(tmp_path / "padded")
+    assert padded.hf.backend_tokenizer.padding is not None  # the saved folder does pad
+    text = "the committee approved the budget for the new river bridge"
+    ids = padded.encode_batch([text, "short"])[0].ids
+    assert ids == tokenizer.encode_batch([text])[0].ids and padded.pad_id not in ids and len(ids) > 4
+
+
+def test_remembering_serves_the_same_encodings_and_encodes_each_text_once(tokenizer, monkeypatch):
+    texts = ["the river bridge opened", "a second sentence here", "the river bridge opened"]
+    plain = [e.ids for e in tokenizer.encode_batch(texts + ["not remembered"])]
+    calls = []
+    real = tokenizer._encode
+    monkeypatch.setattr(tokenizer, "_encode", lambda batch: calls.append(list(batch)) or real(batch))
+    with tokenizer.remembering(texts):
+        served = [e.ids for e in tokenizer.encode_batch(texts + ["not remembered"])]
+        again = tokenizer.encode_batch(["not remembered", texts[1]])
+    assert served == plain and [e.ids for e in again] == [plain[3], plain[1]]
+    assert calls == [texts[:2], ["not remembered"]]  # each distinct text once
+    tokenizer.encode_batch(texts[:1])
+    assert calls[-1] == texts[:1]  # outside the block nothing is remembered

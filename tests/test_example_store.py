@@ -13,7 +13,7 @@ import pyarrow as pa
 import pytest
 
 from ernie_cl.data.example_store import ExampleSet, write_set
-from ernie_cl.data.examples import build_examples, cached_examples
+from ernie_cl.data.examples import build_examples, cached_example_sets, cached_examples
 from ernie_cl.data.tokenizer import load_tokenizer
 from pretrain_tasks import get_task_class
 
@@ -50,6 +50,24 @@ def test_the_examples_do_not_depend_on_workers_or_shard_size(tokenizer, many_doc
     other_seed = cached_examples(task, many_documents, split="train", seed=4, corpus_fingerprint="corpus",
                                  cache_dir=tmp_path / "c")
     assert other_seed.content_hash() != one.content_hash()  # the hash does see the examples
+
+
+def test_sets_built_in_one_pass_equal_sets_built_alone_and_tokenize_each_sentence_once(tokenizer, many_documents,
+                                                                                      tmp_path, monkeypatch):
+    names = ["knowledge_masking", "sentence_reordering", "sentence_distance"]
+    alone = {n: build(get_task_class(n)(tokenizer, 64), many_documents, tmp_path / "alone", shard_chars=4000)
+             for n in names}
+    encoded = []
+    real = tokenizer._encode
+    monkeypatch.setattr(tokenizer, "_encode", lambda batch: encoded.extend(batch) or real(batch))
+    together = cached_example_sets({n: get_task_class(n)(tokenizer, 64) for n in names}, many_documents, split="train",
+                                   seed=3, corpus_fingerprint="corpus", cache_dir=tmp_path / "together",
+                                   shard_chars=4000, workers=1)
+    assert {n: s.content_hash() for n, (s, _) in together.items()} == {n: s.content_hash() for n, s in alone.items()}
+    sentences = [s.text for d in many_documents for s in d.sentences()]
+    # every sentence once; what else is encoded is sentence_distance's partners from other documents
+    assert len(encoded) - len(sentences) < len(sentences) / 2 and set(sentences) <= set(encoded)
+    assert all(seconds > 0 for _, seconds in together.values())
 
 
 def test_ids_and_labels_are_stored_in_the_smallest_types_and_segment_ids_are_derived(tokenizer, many_documents,

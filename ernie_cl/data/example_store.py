@@ -32,7 +32,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -86,14 +86,18 @@ def derived_types(ids: np.ndarray, offsets: np.ndarray, sep_id: int) -> np.ndarr
 
 # --- writing one shard --------------------------------------------------------------------------
 
+#: the ``array`` type code of each stored type (a row buffer holds values as they will be stored)
+TYPE_CODES = {"uint8": "B", "int8": "b", "int16": "h", "uint16": "H", "int32": "i", "int64": "q"}
+
+
 class RowColumn:
     """One column of a shard being built: its rows' values end to end and their lengths, as
-    machine integers (``append`` takes a row, as a list does)."""
+    machine integers (``append`` takes a row, as a list does) of the given ``array`` type code."""
 
     __slots__ = ("values", "lengths")
 
-    def __init__(self) -> None:
-        self.values, self.lengths = array.array("q"), array.array("q")
+    def __init__(self, typecode: str = "q") -> None:
+        self.values, self.lengths = array.array(typecode), array.array("q")
 
     def append(self, row: Sequence[int]) -> None:
         self.values.extend(row)
@@ -107,7 +111,8 @@ def _rows_flat(values) -> tuple[np.ndarray, np.ndarray]:
     """(every value end to end as int64, int32 row offsets) of a RowColumn or a list of rows."""
     if isinstance(values, RowColumn):
         lengths = np.frombuffer(values.lengths, dtype=np.int64) if len(values) else np.zeros(0, np.int64)
-        flat = np.frombuffer(values.values, dtype=np.int64) if len(values.values) else np.zeros(0, np.int64)
+        flat = (np.frombuffer(values.values, dtype=values.values.typecode).astype(np.int64) if len(values.values)
+                else np.zeros(0, np.int64))
     else:
         lengths = np.fromiter((len(v) for v in values), dtype=np.int64, count=len(values))
         flat = np.fromiter((x for v in values for x in v), dtype=np.int64, count=int(lengths.sum()))
@@ -172,16 +177,16 @@ def finished_shards(folder: Path, count: int, verify_hash: bool) -> dict[int, di
     return done
 
 
-def build_set(folder: Path, shard_count: int, build_shards: Callable[[list[int]], Iterable[tuple[int, dict[str, Any]]]],
-              columns: dict[str, str], sep_id: int, describe: str, empty_message: str) -> "ExampleSet":
-    """Make sure every shard of the set exists (``build_shards`` builds the missing ones, given
-    their indices, and yields (index, marker) in any order), then write the manifest."""
+def pending_shards(folder: Path, shard_count: int, describe: str) -> tuple["ExampleSet | None", dict[int, Any], list[int]]:
+    """Where a set stands: (the finished set, {}, []) when it is complete and sound, else (None,
+    markers of its finished shards, indices of the shards still to build). Damaged shards of a
+    finished set and of an interrupted build count as missing (with a warning)."""
     manifest_path = folder / MANIFEST
     if manifest_path.is_file():
         example_set = ExampleSet.open(folder)
         damaged = example_set.damaged_shards()
         if not damaged:
-            return example_set
+            return example_set, {}, []
         logger.warning("%s: %d damaged example shard(s) will be built again", describe, len(damaged))
         for index in damaged:
             (folder / f"shard-{index:05d}.done").unlink(missing_ok=True)
@@ -191,17 +196,20 @@ def build_set(folder: Path, shard_count: int, build_shards: Callable[[list[int]]
     if done:
         logger.warning("%s: reusing %d of %d finished example shard(s) of an interrupted build",
                        describe, len(done), shard_count)
-    missing = [i for i in range(shard_count) if i not in done]
-    if missing:
-        for index, marker in build_shards(missing):
-            done[index] = marker
+    return None, done, [i for i in range(shard_count) if i not in done]
+
+
+def finish_set(folder: Path, shard_count: int, done: dict[int, Any], columns: dict[str, str], sep_id: int,
+               empty_message: str) -> "ExampleSet":
+    """Write the manifest of a set whose every shard is built (``done``: index -> marker)."""
     shards = [{"file": f"shard-{i:05d}.arrow", **done[i]} for i in range(shard_count)]
     total = sum(s["rows"] for s in shards)
     if total == 0:
         raise CorpusError(empty_message)
     for stray in folder.glob(".*.tmp"):  # what a killed build was writing when it stopped
         stray.unlink(missing_ok=True)
-    write_json_durably(manifest_path, {"format": FORMAT, "columns": columns, "sep_id": sep_id, "rows": total, "shards": shards})
+    write_json_durably(folder / MANIFEST, {"format": FORMAT, "columns": columns, "sep_id": sep_id, "rows": total,
+                                           "shards": shards})
     return ExampleSet.open(folder)
 
 

@@ -23,9 +23,11 @@ import hashlib
 import json
 import os
 import random
+import time
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -93,24 +95,26 @@ def build_examples(task, documents: Sequence[Document], seed: int, workers: int 
 
 
 @contextlib.contextmanager
-def _reported(task, documents: int) -> Iterator[None]:
+def _reported(task, documents: int, names: Optional[str] = None) -> Iterator[None]:
     """Any failure, in a worker or not, surfaces as one ErnieClError naming the task (the original
     exception is its ``__cause__``, shown with ``--debug``); a worker that dies (e.g. killed for
-    lack of memory) is a DataBuildError instead of a run that hangs."""
+    lack of memory) is a DataBuildError instead of a run that hangs. ``names``: what the message
+    names instead of ``task 'NAME'`` (the tasks of a pass, when a worker died among them)."""
+    who = names or f"task '{task.name}'"
     try:
         yield
     except BrokenProcessPool:
-        raise DataBuildError(f"task '{task.name}': a data worker process died while building examples from "
+        raise DataBuildError(f"{who}: a data worker process died while building examples from "
                              f"{documents} document(s) (killed by the system, often for lack of memory); set "
                              "training.data_workers lower (e.g. 1) or free memory, then run again") from None
     except ErnieClError as exc:
-        if f"'{task.name}'" in str(exc) or str(exc).startswith(task.name):
+        if names or f"'{task.name}'" in str(exc) or str(exc).startswith(task.name):
             raise
         raise type(exc)(f"task '{task.name}': {exc}") from exc
     except Exception as exc:  # noqa: BLE001 - a task bug or a worker fault, reported as one line naming the task
         lines = str(exc).strip().splitlines()
         detail = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-        raise DataBuildError(f"task '{task.name}': building examples failed ({detail}); run with --debug for "
+        raise DataBuildError(f"{who}: building examples failed ({detail}); run with --debug for "
                              "the traceback") from exc
 
 
@@ -119,20 +123,81 @@ def _build_forked_range(bounds: tuple[int, int]) -> dict[str, list[list[int]]]:
     return _build_shard(SHARED["task"], SHARED["documents"][start:end], SHARED["seed"])
 
 
-def _write_forked_shard(index: int) -> tuple[int, dict[str, Any]]:
-    """Build one document shard's examples and write them to the set's folder; only the marker
-    (a few counts) goes back to the parent."""
+def _write_forked_shard(index: int) -> tuple[int, dict[str, Any], dict[str, float]]:
+    """Build one document shard's examples for every set that lacks it and write them to the sets'
+    folders; only the markers and the seconds spent on each set go back to the parent. Every
+    document is decoded once and its sentences tokenized once for all the sets (``remembering``)."""
     f = SHARED
     start, end = f["bounds"][index]
-    rows = _build_shard(f["task"], f["documents"][start:end], f["seed"], compact=True)
-    return index, store.write_shard(f["folder"], index, rows, f["types"], f["task"].tokenizer.sep_id, f["point"])
+    names = f["needs"][index]
+    sets = {name: f["sets"][name] for name in names}
+    rows = {name: {c: store.RowColumn(store.TYPE_CODES[t]) for c, t in s.types.items()} for name, s in sets.items()}
+    seconds = dict.fromkeys(names, 0.0)
+    tokenizer = f["tokenizer"]
+    for doc in f["documents"][start:end]:
+        with tokenizer.remembering(s.text for s in doc.sentences()):
+            for name, example_set in sets.items():
+                began = time.perf_counter()
+                with _reported(example_set.task, end - start):  # names the task whose examples failed
+                    rng = document_rng(f["seed"], example_set.task.name, doc.id)
+                    _append(example_set, rows[name], example_set.task.build_examples(doc, rng))
+                seconds[name] += time.perf_counter() - began
+    markers = {}
+    for name, example_set in sets.items():
+        began = time.perf_counter()
+        markers[name] = store.write_shard(example_set.folder, index, rows.pop(name), example_set.types,
+                                          tokenizer.sep_id, f"example-shard:{example_set.task.name}/{f['split']}")
+        seconds[name] += time.perf_counter() - began
+    return index, markers, seconds
+
+
+def _append(example_set: "_PendingSet", columns: dict[str, Any], examples: list[dict[str, list[int]]]) -> None:
+    try:
+        for example in examples:
+            for c, values in columns.items():
+                values.append(example[c])
+    except OverflowError:  # a value the column's stored type cannot hold: say which column
+        for c in columns:
+            limits, values = np.iinfo(example_set.types[c]), [v for e in examples for v in e[c]]
+            if values and (min(values) < limits.min or max(values) > limits.max):
+                raise DataBuildError(f"column '{c}' holds values outside {example_set.types[c]} ({min(values)}.."
+                                     f"{max(values)}); the task's num_labels or the vocabulary size is wrong") from None
+        raise
+
+
+@dataclass
+class _PendingSet:
+    """One example set of a split pass: where it lives, its stored types and what is built of it."""
+
+    task: Any
+    folder: Path
+    types: dict[str, str]
+    done: dict[int, Any] = field(default_factory=dict)
+    missing: list[int] = field(default_factory=list)
+    finished: Optional[store.ExampleSet] = None
+    seconds: float = 0.0  # fit in the parent plus this set's share of the pass
 
 
 def cached_examples(task, documents: Sequence[Document], *, split: str, seed: int, corpus_fingerprint: str,
                     cache_dir: str | os.PathLike, workers: int = 1, shard_chars: int | None = None,
                     show_progress: bool = False, build: bool = True) -> store.ExampleSet:
-    """The task's examples for one split (built once, shard by shard, then memory-mapped; see
-    ``example_store``). A killed build continues where it stopped; damaged shards are rebuilt.
+    """The task's examples for one split (see ``cached_example_sets``, of which this is one set)."""
+    return cached_example_sets({task.name: task}, documents, split=split, seed=seed, corpus_fingerprint=corpus_fingerprint,
+                               cache_dir=cache_dir, workers=workers, shard_chars=shard_chars,
+                               show_progress=show_progress, build=build)[task.name][0]
+
+
+def cached_example_sets(tasks: dict[str, Any], documents: Sequence[Document], *, split: str, seed: int,
+                        corpus_fingerprint: str, cache_dir: str | os.PathLike, workers: int = 1,
+                        shard_chars: int | None = None, show_progress: bool = False,
+                        build: bool = True) -> dict[str, tuple[store.ExampleSet, float]]:
+    """Several tasks' examples for one split, built in one pass over the documents (each built
+    once, shard by shard, then memory-mapped; see ``example_store``): a worker decodes a shard's
+    documents once and tokenizes each sentence once for all the sets that lack that shard, so
+    seven tasks cost one read of the corpus, not seven. Each set is the same as if built alone
+    (each document's examples come from the task's own seeded RNG). A killed build continues
+    where it stopped; damaged shards are rebuilt. Returns name -> (set, seconds): a set's fit
+    plus its share of the pass's time (in proportion to the worker time it took).
     ``shard_chars``: text per shard (default ``shard_size`` of the split). ``build=False``: only
     from the cache (a CacheMissingError naming what is missing)."""
     from ernie_cl.progress import progress_bar
@@ -140,33 +205,59 @@ def cached_examples(task, documents: Sequence[Document], *, split: str, seed: in
     chars = documents.char_counts() if hasattr(documents, "char_counts") else [  # a store view: nothing decoded
         sum(len(s.text) for s in doc.sentences()) for doc in documents]
     shard_chars = shard_chars or shard_size(int(sum(chars)))
-    key = examples_fingerprint(task, corpus_fingerprint, task.tokenizer.fingerprint, seed, split, shard_chars)
-    folder = Path(cache_dir) / "examples" / task.name / f"{split}-{key}"
     bounds = store.shard_bounds(chars, shard_chars)
-    types = store.column_types(columns_of(task), task.tokenizer.vocab_size, _label_sizes(task))
-
-    def build_missing(missing: list[int]) -> Iterator[tuple[int, dict[str, Any]]]:
-        if not build:
-            raise CacheMissingError(f"task '{task.name}': {len(missing)} of {len(bounds)} {split} example shard(s) are "
-                              f"not in '{folder}'")
+    sets: dict[str, _PendingSet] = {}
+    for name, task in tasks.items():
+        key = examples_fingerprint(task, corpus_fingerprint, task.tokenizer.fingerprint, seed, split, shard_chars)
+        pending = _PendingSet(task, Path(cache_dir) / "examples" / task.name / f"{split}-{key}",
+                              store.column_types(columns_of(task), task.tokenizer.vocab_size, _label_sizes(task)))
+        pending.finished, pending.done, pending.missing = store.pending_shards(pending.folder, len(bounds),
+                                                                                f"task '{task.name}' ({split})")
+        sets[name] = pending
+    building = {name: s for name, s in sets.items() if s.finished is None}  # fit even with no shard: its errors say most
+    if not build and any(s.missing for s in building.values()):
+        s = next(s for s in building.values() if s.missing)
+        raise CacheMissingError(f"task '{s.task.name}': {len(s.missing)} of {len(bounds)} {split} example shard(s) are "
+                                f"not in '{s.folder}'")
+    if building:
+        needs = {i: [name for name, s in building.items() if i in set(s.missing)] for i in range(len(bounds))}
+        indices = [i for i in range(len(bounds)) if needs[i]]
         # Progress in characters of text (shown as B: about a byte a character in English), so the
         # rate reads as MB/s of text and the ETA holds whatever the shard sizes.
         shard_text = [int(sum(chars[a:b])) for a, b in bounds]
-        with _reported(task, len(documents)), progress_bar(total=sum(shard_text[i] for i in missing), unit="B",
-                                                           unit_scale=True, desc=f"{task.name} {split} examples",
-                                                           disable=not show_progress) as bar:
-            task.fit(documents)
-            for done, (index, marker) in enumerate(ordered_map(
-                    _write_forked_shard, missing, workers if len(missing) > 1 else 1, task=task, documents=documents,
-                    seed=seed, bounds=bounds, folder=folder, types=types, point=f"example-shard:{task.name}/{split}"), 1):
-                bar.update(shard_text[index])
-                bar.set_postfix_str(f"{done}/{len(missing)} shards", refresh=False)
-                yield index, marker
-
-    return store.build_set(folder, len(bounds), build_missing, types, task.tokenizer.sep_id,
-                           describe=f"task '{task.name}' ({split})",
-                           empty_message=f"task '{task.name}' built no {split} examples from {len(documents)} "
-                                         "document(s); use a larger corpus")
+        for s in building.values():
+            with _reported(s.task, len(documents)):
+                began = time.perf_counter()
+                s.task.fit(documents)
+                s.seconds += time.perf_counter() - began
+        label = ", ".join(s.task.name for s in building.values()) if len(building) == 1 else f"{len(building)} sets"
+        worker_seconds = dict.fromkeys(building, 0.0)
+        began = time.perf_counter()
+        names = ", ".join(f"'{s.task.name}'" for s in building.values())
+        with _reported(None, len(documents), f"task {names}" if len(building) == 1 else f"tasks {names}"):
+            with progress_bar(total=sum(shard_text[i] for i in indices), unit="B", unit_scale=True,
+                              desc=f"{split} examples ({label})", disable=not show_progress) as bar:
+                tokenizer = next(iter(building.values())).task.tokenizer
+                for done, (index, markers, seconds) in enumerate(ordered_map(
+                        _write_forked_shard, indices, workers if len(indices) > 1 else 1, documents=documents,
+                        seed=seed, bounds=bounds, needs=needs, sets=building, tokenizer=tokenizer, split=split), 1):
+                    for name, marker in markers.items():
+                        building[name].done[index] = marker
+                        worker_seconds[name] += seconds[name]
+                    bar.update(shard_text[index])
+                    bar.set_postfix_str(f"{done}/{len(indices)} shards", refresh=False)
+        elapsed = time.perf_counter() - began
+        total = sum(worker_seconds.values()) or 1.0
+        for name, s in building.items():
+            s.seconds += elapsed * worker_seconds[name] / total
+    out = {}
+    for name, s in sets.items():
+        if s.finished is None:
+            s.finished = store.finish_set(s.folder, len(bounds), s.done, s.types, s.task.tokenizer.sep_id,
+                                          f"task '{s.task.name}' built no {split} examples from {len(documents)} "
+                                          "document(s); use a larger corpus")
+        out[name] = (s.finished, s.seconds)
+    return out
 
 
 def _label_sizes(task) -> dict[str, int]:

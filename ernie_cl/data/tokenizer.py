@@ -8,6 +8,8 @@ saved as an ordinary Hugging Face tokenizer directory (``AutoTokenizer.from_pret
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import hashlib
 import json
 import os
@@ -15,7 +17,7 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional
+from typing import Iterable, Iterator, Optional
 
 from ernie_cl.errors import CacheMissingError, ConfigError
 
@@ -40,7 +42,13 @@ class TextTokenizer:
         self.hf = hf_tokenizer
         self.fingerprint = fingerprint
         self.lowercase = lowercase
-        self._backend = hf_tokenizer.backend_tokenizer
+        # A copy without padding or truncation: a tokenizer saved for inference (sentence-transformers
+        # models pad every text to 128) would otherwise put [PAD] inside the examples, and a text's
+        # ids would depend on the batch it is encoded in. Tasks cut their segments themselves.
+        self._backend = copy.deepcopy(hf_tokenizer.backend_tokenizer)
+        self._backend.no_padding()
+        self._backend.no_truncation()
+        self._memo: Optional[dict[str, EncodedText]] = None
 
         def special(*names: str) -> int:
             for n in names:
@@ -58,9 +66,34 @@ class TextTokenizer:
         self.vocab_size = len(hf_tokenizer)
 
     def encode_batch(self, texts: list[str]) -> list[EncodedText]:
-        """Encode without special tokens; offsets point into the given (cased) texts."""
+        """Encode without special tokens; offsets point into the given (cased) texts. Inside
+        ``remembering`` a text already encoded there is not encoded again (the same object comes
+        back: read it, do not change it)."""
+        memo = self._memo
+        if memo is None:
+            return self._encode(texts)
+        missing = [t for t in dict.fromkeys(texts) if t not in memo]
+        if missing:
+            memo.update(zip(missing, self._encode(missing)))
+        return [memo[t] for t in texts]
+
+    def _encode(self, texts: list[str]) -> list[EncodedText]:
         encodings = self._backend.encode_batch(texts, add_special_tokens=False)
-        return [EncodedText(list(e.ids), list(e.offsets), list(e.word_ids)) for e in encodings]
+        return [EncodedText(e.ids, e.offsets, e.word_ids) for e in encodings]
+
+    @contextlib.contextmanager
+    def remembering(self, texts: Iterable[str]) -> Iterator[None]:
+        """Encode ``texts`` at once, and inside the block serve every ``encode_batch`` of them (and
+        of any text encoded inside it) from that: several tasks reading one document's sentences
+        tokenize each sentence once. A text's encoding does not depend on its batch (no padding),
+        so the examples are the same as without."""
+        previous = self._memo
+        self._memo = {}
+        try:
+            self.encode_batch(list(texts))
+            yield
+        finally:
+            self._memo = previous
 
     def decode(self, ids: Iterable[int]) -> str:
         return self.hf.decode(list(ids))
