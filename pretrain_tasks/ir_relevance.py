@@ -44,14 +44,16 @@ import json
 import logging
 import random
 from array import array
+from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Iterator, Sequence
 
 import numpy as np
 
 from ernie_cl.corpus.document import Document
 from ernie_cl.corpus.store import id_hash
+from ernie_cl.corpus.workers import current_workers, ordered_map
 from ernie_cl.data.tokenizer import TextTokenizer
 from ernie_cl.errors import ConfigError, CorpusError
 
@@ -157,6 +159,22 @@ class Bm25Ranker:
         return hits[order].tolist()
 
 
+def rank_bucket(job: tuple) -> tuple[int, list[list[int]], int]:
+    """In a worker: one bucket's BM25 index and every query's top-k passages of other documents
+    of the bucket (positions in the bucket): (bucket start, rankings, queries expanded). A query
+    whose words occur in no other document is expanded with its section's first passage (pseudo-
+    relevance feedback) and ranked again. The index is dropped afterwards."""
+    lo, passages, texts, owns, firsts, k = job
+    ranker = Bm25Ranker(passages)
+    local = [range(a, b) for a, b in owns]
+    rankings = [ranker.rank(terms, own, k) for own, terms in zip(local, ranker.terms(texts))]
+    missing = [i for i, ranked in enumerate(rankings) if not ranked]
+    expanded = ranker.terms([f"{texts[i]} {passages[firsts[i]]}" for i in missing])
+    for i, terms in zip(missing, expanded):
+        rankings[i] = ranker.rank(terms, local[i], k)
+    return lo, rankings, len(missing)
+
+
 @register_task
 class IrRelevance(SentenceTask):
     """Query-passage relevance in three grades; see the module docstring."""
@@ -203,14 +221,35 @@ class IrRelevance(SentenceTask):
         if self.options["data_file"] is not None:
             self._fit_rows(documents)
             return
-        size, bucket_chars = self.options["passage_sentences"], self.options["bm25_bucket_chars"]
         self.passages, self._doc_runs, self.queries, self.expanded_queries = TextTable(), RunsById(), {}, 0
+        self._counts = {"titled": 0, "with_text": 0}
         owners = array("q")  # the position in the split of each passage's document
-        titled = with_text = bucket_start = bucket_text = 0
+        # Buckets are ranked as they are read, by the preparation's worker processes (each bucket's
+        # passages travel to its worker; only the rankings come back), in bucket order.
+        self._pending: deque = deque()  # each read bucket's queries, until its rankings are back
+        for lo, rankings, expanded in ordered_map(rank_bucket, self._bucket_jobs(documents, owners), current_workers()):
+            self.expanded_queries += expanded
+            for (doc_id, text, passages, _), ranked in zip(self._pending.popleft(), rankings):
+                self.queries.setdefault(doc_id, []).append(Query(text, tuple(passages), tuple(lo + r for r in ranked)))
+        titled, with_text = self._counts["titled"], self._counts["with_text"]
+        if titled < 1 or with_text < 2:
+            raise CorpusError(f"task 'ir_relevance' needs a document with a title and text (titles and headings are its queries) "
+                              f"and another document with text in the split; found {titled} titled of {with_text} with text "
+                              f"among {len(documents)}: use a larger or titled corpus, or give data_file")
+        self.passages.flush()
+        self._doc_runs.freeze()
+        self.passage_owner = np.frombuffer(owners, dtype=np.int64) if len(owners) else np.zeros(0, np.int64)
+
+    def _bucket_jobs(self, documents: Sequence[Document], owners: array) -> Iterator[tuple]:
+        """Read the split once (passages, document runs, queries) and yield each bucket's ranking
+        job for ``rank_bucket`` when the bucket is complete; its queries wait in ``self._pending``."""
+        size, bucket_chars = self.options["passage_sentences"], self.options["bm25_bucket_chars"]
+        bucket_start = bucket_text = 0
         pending: list[tuple[str, str, range, range]] = []  # (doc id, query, section's passages, document's)
         for ordinal, doc in enumerate(documents):
             has_text = doc.num_sentences() > 0
-            titled, with_text = titled + bool(has_text and doc.title.strip()), with_text + has_text
+            self._counts["titled"] += bool(has_text and doc.title.strip())
+            self._counts["with_text"] += has_text
             start, sections = len(self.passages), []
             for section in doc.sections:
                 first = len(self.passages)
@@ -225,35 +264,17 @@ class IrRelevance(SentenceTask):
             self._doc_runs.add(doc.id, own.start, own.stop)
             pending += [(doc.id, text, passages, own) for text, passages in sections]
             if bucket_text >= bucket_chars:  # buckets end at a document's end
-                self.passages.flush()
-                self._rank_bucket(bucket_start, len(self.passages), pending)
+                yield self._bucket_job(bucket_start, len(self.passages), pending)
                 bucket_start, bucket_text, pending = len(self.passages), 0, []
-        if titled < 1 or with_text < 2:
-            raise CorpusError(f"task 'ir_relevance' needs a document with a title and text (titles and headings are its queries) "
-                              f"and another document with text in the split; found {titled} titled of {with_text} with text "
-                              f"among {len(documents)}: use a larger or titled corpus, or give data_file")
-        self.passages.flush()
         if len(self.passages) > bucket_start:
-            self._rank_bucket(bucket_start, len(self.passages), pending)
-        self._doc_runs.freeze()
-        self.passage_owner = np.frombuffer(owners, dtype=np.int64) if len(owners) else np.zeros(0, np.int64)
+            yield self._bucket_job(bucket_start, len(self.passages), pending)
 
-    def _rank_bucket(self, lo: int, hi: int, pending: list[tuple[str, str, range, range]]) -> None:
-        """BM25 over passages [lo, hi) (one bucket); every query of the bucket's documents gets its
-        top-k passages of other documents of the bucket. The index is dropped afterwards."""
-        ranker = Bm25Ranker([self.passages[i] for i in range(lo, hi)])
-        k = self.options["top_k"]
-        local = [range(own.start - lo, own.stop - lo) for _, _, _, own in pending]
-        texts = [text for _, text, _, _ in pending]
-        rankings = [ranker.rank(terms, own, k) for own, terms in zip(local, ranker.terms(texts))]
-        # A query whose words occur in no other document: expand it with its section's first passage.
-        missing = [i for i, ranked in enumerate(rankings) if not ranked]
-        expanded = ranker.terms([f"{texts[i]} {self.passages[pending[i][2].start]}" for i in missing])
-        for i, terms in zip(missing, expanded):
-            rankings[i] = ranker.rank(terms, local[i], k)
-        self.expanded_queries += len(missing)
-        for (doc_id, text, passages, _), ranked in zip(pending, rankings):
-            self.queries.setdefault(doc_id, []).append(Query(text, tuple(passages), tuple(lo + r for r in ranked)))
+    def _bucket_job(self, lo: int, hi: int, pending: list[tuple[str, str, range, range]]) -> tuple:
+        self._pending.append(pending)
+        self.passages.flush()
+        return (lo, [self.passages[i] for i in range(lo, hi)], [text for _, text, _, _ in pending],
+                [(own.start - lo, own.stop - lo) for _, _, _, own in pending],
+                [passages.start - lo for _, _, passages, _ in pending], self.options["top_k"])
 
     def _fit_rows(self, documents: Sequence[Document]) -> None:
         if not documents:

@@ -91,10 +91,13 @@ def chunk_units(chunk: Chunk, sentence_levels: Sequence[str]) -> list[list[int]]
             if not any(w in group_of_word for w in group):
                 group_of_word.update((w, group) for w in group)
     units: list[list[int]] = []
-    for w in range(len(chunk.words)):
-        group = group_of_word.get(w, [w])
-        if group[0] == w:  # emit a group once, at its first word
-            units.append([pos for g in group for pos in range(chunk.words[g].token_start, chunk.words[g].token_end)])
+    words = chunk.words
+    for w, word in enumerate(words):
+        group = group_of_word.get(w)
+        if group is None:  # a word of its own (most words)
+            units.append(list(range(word.token_start, word.token_end)))
+        elif group[0] == w:  # emit a group once, at its first word
+            units.append([pos for g in group for pos in range(words[g].token_start, words[g].token_end)])
     return units
 
 

@@ -14,7 +14,7 @@ from ernie_cl.corpus.document import Document, Sentence
 from ernie_cl.data.tokenizer import TextTokenizer
 
 
-@dataclass
+@dataclass(slots=True)  # slots: a chunk holds a Word per word, made and read in the hot loop
 class Word:
     token_start: int  # position of the first sub-token in the chunk's ``ids`` (no [CLS] offset)
     token_end: int  # exclusive
@@ -49,16 +49,18 @@ def pack_document(doc: Document, tokenizer: TextTokenizer, seq_len: int) -> list
         s_index = len(current.sentences)
         current.sentences.append(sentence)
         current.ids.extend(enc.ids[:n])
-        last_word = None
+        words, word_ids, offsets = current.words, enc.word_ids, enc.offsets
+        last_word, word = None, None
         for pos in range(n):
-            wid = enc.word_ids[pos]
-            start, end = enc.offsets[pos]
-            if wid is not None and wid == last_word:
-                word = current.words[-1]
+            wid = word_ids[pos]
+            start, end = offsets[pos]
+            if wid is not None and wid == last_word:  # another sub-token of the same word
                 word.token_end = base + pos + 1
-                word.char_end = max(word.char_end, end)
+                if end > word.char_end:
+                    word.char_end = end
             else:
-                current.words.append(Word(base + pos, base + pos + 1, s_index, start, end))
+                word = Word(base + pos, base + pos + 1, s_index, start, end)
+                words.append(word)
             last_word = wid
     if current.ids:
         chunks.append(current)
@@ -69,10 +71,15 @@ def span_word_groups(chunk: Chunk, spans_of: str) -> list[list[int]]:
     """Indices of the chunk's words covered by each entity (``spans_of="entities"``) or phrase
     span; spans that cover no whole word are dropped."""
     groups: list[list[int]] = []
+    words = chunk.words
+    first = 0  # a sentence's words are a contiguous run of the chunk's words
     for s_index, sentence in enumerate(chunk.sentences):
-        word_indices = [i for i, w in enumerate(chunk.words) if w.sentence == s_index]
+        last = first
+        while last < len(words) and words[last].sentence == s_index:
+            last += 1
         for start, end in getattr(sentence, spans_of):
-            inside = [i for i in word_indices if chunk.words[i].char_start >= start and chunk.words[i].char_end <= end]
+            inside = [i for i in range(first, last) if words[i].char_start >= start and words[i].char_end <= end]
             if inside:
                 groups.append(inside)
+        first = last
     return groups

@@ -204,3 +204,17 @@ def test_beyond_one_bucket_weak_passages_come_from_the_querys_bucket(tokenizer, 
             assert {bucket_of(int(owners[i])) for i in query.ranked} == {bucket_of(ordinal)}
             differs += query.ranked != reference.ranked
     assert differs > 0  # the whole-split ranking does reach into other buckets: the test can tell
+
+
+def test_buckets_ranked_by_worker_processes_give_the_rankings_of_a_serial_fit(tokenizer, many_documents):
+    from ernie_cl.corpus.workers import use_workers
+
+    docs = many_documents[:40]
+    serial = make(tokenizer, bm25_bucket_chars=5000)
+    serial.fit(docs)
+    parallel = make(tokenizer, bm25_bucket_chars=5000)
+    with use_workers(2):  # as inside `prepare --workers 2`: the buckets go to forked workers
+        parallel.fit(docs)
+    assert parallel.queries == serial.queries and parallel.expanded_queries == serial.expanded_queries
+    assert sum(len(q) for q in serial.queries.values()) > 20
+    assert [parallel.build_examples(d, random.Random(1)) for d in docs] == [serial.build_examples(d, random.Random(1)) for d in docs]

@@ -13,20 +13,20 @@ from typing import Any, Iterator
 Span = tuple[int, int]
 
 
-@dataclass
+@dataclass(slots=True)  # slots: a corpus shard decodes into many of these
 class Sentence:
     text: str
     entities: list[Span] = field(default_factory=list)
     phrases: list[Span] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(slots=True)
 class Section:
     heading: str  # "" for the lead section before the first heading
     paragraphs: list[list[Sentence]] = field(default_factory=list)
 
 
-@dataclass
+@dataclass(slots=True)
 class Document:
     id: str
     title: str

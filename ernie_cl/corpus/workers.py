@@ -38,7 +38,8 @@ SHARED: dict[str, Any] = {}
 ENGINES = ("local", "ray")
 _ENGINE: dict[str, Any] = {"name": "local", "ray": None}  # the engine ordered_map uses (see use_engine)
 _RAY_TASK: dict[str, Any] = {}  # the remote function, made once per Ray session
-_WORKER_CACHE: dict[str, dict[str, Any]] = {}  # in a Ray worker: the shared dict of the current map, by ref
+_WORKER_CACHE: dict[str, dict[str, Any]] = {}
+_WORKERS = {"count": 1}  # workers of the preparation in progress (see use_workers)  # in a Ray worker: the shared dict of the current map, by ref
 
 
 @contextlib.contextmanager
@@ -67,6 +68,22 @@ def use_engine(name: str = "local", address: str | None = None, num_cpus: int | 
         if started:
             _RAY_TASK.clear()
             ray.shutdown()
+
+
+@contextlib.contextmanager
+def use_workers(count: int) -> Iterator[None]:
+    """Inside the block, ``current_workers()`` is ``count``: how many workers a stage that makes its
+    own ``ordered_map`` (a task's ``fit``) may use. Outside any preparation it is 1."""
+    previous = _WORKERS["count"]
+    _WORKERS["count"] = max(1, int(count))
+    try:
+        yield
+    finally:
+        _WORKERS["count"] = previous
+
+
+def current_workers() -> int:
+    return _WORKERS["count"]
 
 
 def engine_name() -> str:

@@ -17,7 +17,7 @@ from typing import Any, Iterator, Optional
 from ernie_cl.config.budgets import Stage, plan_stages
 from ernie_cl.config.schedule import ScheduleConfig
 from ernie_cl.corpus import Corpus, load_corpus
-from ernie_cl.corpus.workers import engine_cpus, use_engine
+from ernie_cl.corpus.workers import engine_cpus, use_engine, use_workers
 from ernie_cl.data.examples import cached_example_sets
 from ernie_cl.data.tokenizer import TextTokenizer, build_or_load_tokenizer, load_tokenizer
 
@@ -127,7 +127,9 @@ def prepare(
     thing that is not there (training ranks other than 0 read what rank 0 or ``prepare`` built)."""
     explicit = workers or schedule.training.data_workers
     with use_engine(engine, ray_address, num_cpus=explicit or os.cpu_count() or 1):
-        return _prepare(schedule, model_cfg, cache_dir, task_names, show_progress, explicit or engine_cpus(), build)
+        workers = explicit or engine_cpus()
+        with use_workers(workers):  # a task's fit may spread its own work (ir_relevance's BM25 buckets)
+            return _prepare(schedule, model_cfg, cache_dir, task_names, show_progress, workers, build)
 
 
 def _prepare(schedule: ScheduleConfig, model_cfg: dict[str, Any], cache_dir: Optional[Path],
