@@ -12,6 +12,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from ernie_cl.corpus import Corpus, load_corpus, split_heldout
 from ernie_cl.corpus.document import Document, Section, Sentence
@@ -404,3 +406,16 @@ def test_split_puts_one_document_on_each_side_when_the_hash_would_not(tmp_path: 
     train, heldout = split_heldout(docs, 0.999999)
     assert len(heldout) == 4 and len(train) == 1
     assert split_heldout(docs, 0.5) == split_heldout(docs, 0.5)
+
+
+@given(st.text(alphabet=["a", "b", "é", " ", "\n", "\t", "\u00a0", "\u2003"], max_size=14), st.data())
+@settings(max_examples=400, deadline=None)
+def test_collapsing_text_that_is_already_collapsed_takes_the_short_way_with_the_same_result(text, data):
+    from ernie_cl.corpus import sentences
+
+    spans = []
+    for _ in range(data.draw(st.integers(0, 3))):
+        a = data.draw(st.integers(0, len(text)))
+        spans.append((a, data.draw(st.integers(a, len(text)))))
+    segments = [(m.start(), m.end()) for m in sentences._NON_SPACE.finditer(text)]
+    assert sentences.collapse_whitespace(text, spans) == sentences._rebuild(text, segments, " ", spans)

@@ -53,8 +53,8 @@ class PhraseCounter:
         self._pending: list[list[str]] = []
 
     def add(self, document: Document) -> None:
-        for sentence in document.sentences():
-            self._pending.append(_sentence_tokens(sentence)[0])
+        for sentence in document.sentences():  # the words of _sentence_tokens, without their spans
+            self._pending.append([word.lower() for word in _WORD.findall(sentence.text)])
         if len(self._pending) >= _COUNT_BATCH:
             self._count()
 

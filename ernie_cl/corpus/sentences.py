@@ -84,6 +84,9 @@ def _rebuild(text: str, segments: list[Span], sep: str, spans: list[Span]) -> tu
 
 def collapse_whitespace(text: str, spans: list[Span]) -> tuple[str, list[Span]]:
     """Join the non-space runs of ``text`` with single spaces, moving spans along."""
+    runs = _NON_SPACE.findall(text)
+    if " ".join(runs) == text and all(a < b and not text[a].isspace() and not text[b - 1].isspace() for a, b in spans):
+        return text, spans  # already collapsed (most text), no span touching a space: _rebuild would change nothing
     return _rebuild(text, [(m.start(), m.end()) for m in _NON_SPACE.finditer(text)], " ", spans)
 
 
