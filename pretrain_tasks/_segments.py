@@ -22,12 +22,28 @@ logger = logging.getLogger("pretrain_tasks")
 
 
 def fit_segments(segments: list[list[int]], budget: int) -> list[list[int]]:
-    """Cut the longest segment until the total length fits ``budget`` (each keeps >= 1 token)."""
-    lengths = [len(s) for s in segments]
-    while sum(lengths) > budget and max(lengths) > 1:
-        longest = max(range(len(lengths)), key=lambda i: lengths[i])
-        lengths[longest] -= 1
-    return [s[:n] for s, n in zip(segments, lengths)]
+    """Cut the longest segment until the total length fits ``budget`` (each keeps >= 1 token;
+    of equally long ones the first is cut first)."""
+    return [s[:n] for s, n in zip(segments, fitted_lengths([len(s) for s in segments], budget))]
+
+
+def fitted_lengths(lengths: list[int], budget: int) -> list[int]:
+    """The lengths that cutting one token at a time from the (first) longest segment reaches, in
+    closed form: with ``level`` the largest cap under which the total fits, every longer segment
+    is cut to the level, and the last of them keep one token more while the budget allows (the
+    loop cuts the first of equally long segments first). Never below 1 token."""
+    if sum(lengths) <= budget or max(lengths) <= 1:
+        return list(lengths)
+    capped_total = lambda cap: sum(min(n, cap) for n in lengths)  # noqa: E731
+    if capped_total(1) > budget:
+        return [min(n, 1) for n in lengths]
+    low, high = 1, max(lengths) - 1  # capped_total(low) <= budget < capped_total(max(lengths))
+    while low < high:
+        mid = (low + high + 1) // 2
+        low, high = (mid, high) if capped_total(mid) <= budget else (low, mid - 1)
+    longer = [i for i, n in enumerate(lengths) if n > low]
+    keep_one_more = set(longer[len(longer) - (budget - capped_total(low)):]) if budget > capped_total(low) else set()
+    return [low + (i in keep_one_more) if n > low else n for i, n in enumerate(lengths)]
 
 
 def join_segments(tokenizer: TextTokenizer, segments: Sequence[Sequence[int]], seq_len: int) -> tuple[list[int], list[int]]:

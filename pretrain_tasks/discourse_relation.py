@@ -37,11 +37,12 @@ import logging
 import random
 import re
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import lru_cache, partial
 from importlib import resources
 from typing import Any, ClassVar, Iterable, Sequence
 
 from ernie_cl.corpus.document import Document
+from ernie_cl.corpus.workers import map_ranges
 from ernie_cl.data.tokenizer import TextTokenizer
 from ernie_cl.errors import ConfigError, CorpusError
 
@@ -113,6 +114,20 @@ class MarkerMatcher:
         return marker, rest
 
 
+def count_labels(task: "DiscourseRelation", documents: Sequence[Document]) -> tuple[list[int], int, int]:
+    """(pairs per label id, [no-conn] candidates, documents without a two-sentence paragraph) of
+    some documents: ``fit`` adds these up over the split, read by the workers (``map_ranges``)."""
+    counts, candidates, pairless = [0] * task.num_labels, 0, 0
+    for doc in documents:
+        pairless += not any(len(p) >= 2 for p in doc.paragraphs())
+        for _, _, label in task.pairs(doc):
+            if label is None:
+                candidates += 1
+            else:
+                counts[label] += 1
+    return counts, candidates, pairless
+
+
 @register_task
 class DiscourseRelation(SentenceTask):
     """Predict the removed discourse marker (or its sense group) of a sentence pair; see the module
@@ -173,13 +188,10 @@ class DiscourseRelation(SentenceTask):
         counts = [0] * self.num_labels
         candidates = 0
         pairless = 0  # documents without a paragraph of two sentences: no pair, no example
-        for doc in documents:
-            pairless += not any(len(p) >= 2 for p in doc.paragraphs())
-            for _, _, label in self.pairs(doc):
-                if label is None:
-                    candidates += 1
-                else:
-                    counts[label] += 1
+        for part_counts, part_candidates, part_pairless in map_ranges(partial(count_labels, self), documents):
+            counts = [a + b for a, b in zip(counts, part_counts)]
+            candidates += part_candidates
+            pairless += part_pairless
         where = f"in the {len(documents)} document(s) of this split"
         if pairless:
             where += f" ({pairless} of them without a paragraph of two sentences)"

@@ -46,6 +46,7 @@ import random
 from array import array
 from collections import deque
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, ClassVar, Iterator, Sequence
 
@@ -53,7 +54,7 @@ import numpy as np
 
 from ernie_cl.corpus.document import Document
 from ernie_cl.corpus.store import id_hash
-from ernie_cl.corpus.workers import current_workers, ordered_map
+from ernie_cl.corpus.workers import current_workers, map_ranges, ordered_map
 from ernie_cl.data.tokenizer import TextTokenizer
 from ernie_cl.errors import ConfigError, CorpusError
 
@@ -159,6 +160,22 @@ class Bm25Ranker:
         return hits[order].tolist()
 
 
+def document_passages(size: int, documents: Sequence[Document]) -> list[tuple[str, bool, bool, list]]:
+    """Per document: (id, has text, titled with text, sections), each section as (its query, or
+    None for an untitled document or a section without text; its passages): what ``fit`` needs
+    of a range of documents, read in a worker."""
+    out = []
+    for doc in documents:
+        has_text = doc.num_sentences() > 0
+        title = doc.title.strip()
+        sections = []
+        for section in doc.sections:
+            texts = [p for paragraph in section.paragraphs for p in cut_passages([s.text for s in paragraph], size)]
+            sections.append((query_text(title, section.heading.strip()) if title and texts else None, texts))
+        out.append((doc.id, has_text, bool(has_text and title), sections))
+    return out
+
+
 def rank_bucket(job: tuple) -> tuple[int, list[list[int]], int]:
     """In a worker: one bucket's BM25 index and every query's top-k passages of other documents
     of the bucket (positions in the bucket): (bucket start, rankings, queries expanded). A query
@@ -241,33 +258,37 @@ class IrRelevance(SentenceTask):
         self.passage_owner = np.frombuffer(owners, dtype=np.int64) if len(owners) else np.zeros(0, np.int64)
 
     def _bucket_jobs(self, documents: Sequence[Document], owners: array) -> Iterator[tuple]:
-        """Read the split once (passages, document runs, queries) and yield each bucket's ranking
-        job for ``rank_bucket`` when the bucket is complete; its queries wait in ``self._pending``."""
-        size, bucket_chars = self.options["passage_sentences"], self.options["bm25_bucket_chars"]
-        bucket_start = bucket_text = 0
+        """Read the split once (passages, document runs, queries; the documents are read by the
+        workers, ``map_ranges``), then yield each bucket's ranking job for ``rank_bucket``; its
+        queries wait in ``self._pending``."""
+        bucket_chars = self.options["bm25_bucket_chars"]
+        buckets: list[tuple[int, int, list]] = []
+        bucket_start = bucket_text = ordinal = 0
         pending: list[tuple[str, str, range, range]] = []  # (doc id, query, section's passages, document's)
-        for ordinal, doc in enumerate(documents):
-            has_text = doc.num_sentences() > 0
-            self._counts["titled"] += bool(has_text and doc.title.strip())
-            self._counts["with_text"] += has_text
-            start, sections = len(self.passages), []
-            for section in doc.sections:
-                first = len(self.passages)
-                for paragraph in section.paragraphs:
-                    for passage in cut_passages([s.text for s in paragraph], size):
+        for part in map_ranges(partial(document_passages, self.options["passage_sentences"]), documents):
+            for doc_id, has_text, titled, sections in part:
+                self._counts["titled"] += titled
+                self._counts["with_text"] += has_text
+                start, queries = len(self.passages), []
+                for query, texts in sections:
+                    first = len(self.passages)
+                    for passage in texts:
                         self.passages.append(passage)
                         bucket_text += len(passage)
-                if doc.title.strip() and len(self.passages) > first:
-                    sections.append((query_text(doc.title.strip(), section.heading.strip()), range(first, len(self.passages))))
-            own = range(start, len(self.passages))
-            owners.extend([ordinal] * len(own))
-            self._doc_runs.add(doc.id, own.start, own.stop)
-            pending += [(doc.id, text, passages, own) for text, passages in sections]
-            if bucket_text >= bucket_chars:  # buckets end at a document's end
-                yield self._bucket_job(bucket_start, len(self.passages), pending)
-                bucket_start, bucket_text, pending = len(self.passages), 0, []
+                    if query is not None:
+                        queries.append((query, range(first, len(self.passages))))
+                own = range(start, len(self.passages))
+                owners.extend([ordinal] * len(own))
+                ordinal += 1
+                self._doc_runs.add(doc_id, own.start, own.stop)
+                pending += [(doc_id, query, passages, own) for query, passages in queries]
+                if bucket_text >= bucket_chars:  # buckets end at a document's end
+                    buckets.append((bucket_start, len(self.passages), pending))
+                    bucket_start, bucket_text, pending = len(self.passages), 0, []
         if len(self.passages) > bucket_start:
-            yield self._bucket_job(bucket_start, len(self.passages), pending)
+            buckets.append((bucket_start, len(self.passages), pending))
+        for lo, hi, queries in buckets:
+            yield self._bucket_job(lo, hi, queries)
 
     def _bucket_job(self, lo: int, hi: int, pending: list[tuple[str, str, range, range]]) -> tuple:
         self._pending.append(pending)

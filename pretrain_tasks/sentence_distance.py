@@ -27,6 +27,7 @@ import random
 from typing import Any, ClassVar, Sequence
 
 from ernie_cl.corpus.document import Document
+from ernie_cl.corpus.workers import map_ranges
 from ernie_cl.errors import ConfigError, CorpusError
 
 from ._segments import SentenceTask, join_segments, split_segments
@@ -38,6 +39,11 @@ CLASS_NAMES = ("adjacent", "same document, not adjacent", "different documents")
 
 def texts_of(doc: Document) -> list[str]:
     return [s.text for s in doc.sentences() if s.text.strip()]
+
+
+def sentences_by_document(documents: Sequence[Document]) -> list[tuple[str, list[str]]]:
+    """(id, non-empty sentence texts) of each document: what ``fit`` needs of a range of them."""
+    return [(doc.id, texts_of(doc)) for doc in documents]
 
 
 @register_task
@@ -67,16 +73,17 @@ class SentenceDistance(SentenceTask):
     def fit(self, documents: Sequence[Document]) -> None:
         # Every sentence of the split, document after document (a compact TextTable); a document's
         # own sentences are its run, so drawing "another document's sentence" needs no retries.
+        # Workers read the documents (map_ranges); here their sentences are only appended.
         self._pool, self._runs = TextTable(), RunsById()
         long_docs = 0
-        for doc in documents:
-            texts = texts_of(doc)
-            if texts:
-                start = len(self._pool)
-                for text in texts:
-                    self._pool.append(text)
-                self._runs.add(doc.id, start, len(self._pool))
-            long_docs += len(texts) >= 3
+        for part in map_ranges(sentences_by_document, documents):
+            for doc_id, texts in part:
+                if texts:
+                    start = len(self._pool)
+                    for text in texts:
+                        self._pool.append(text)
+                    self._runs.add(doc_id, start, len(self._pool))
+                long_docs += len(texts) >= 3
         self._pool.flush()
         self._runs.freeze()
         if len(self._runs) < 2 or long_docs < 1:

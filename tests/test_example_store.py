@@ -157,3 +157,17 @@ def test_a_damaged_shard_is_rebuilt_with_a_warning(tokenizer, many_documents, tm
         again = build(task, many_documents, tmp_path, shard_chars=4000)
     assert "2 damaged example shard(s) will be built again" in caplog.text
     assert again.content_hash() == expected and again.damaged_shards() == []
+
+
+@pytest.mark.parametrize("name", ["sentence_distance", "discourse_relation", "ir_relevance"])
+def test_a_fit_read_by_worker_processes_gives_the_examples_of_a_serial_fit(name, tokenizer, many_documents):
+    import random
+
+    from ernie_cl.corpus.workers import use_workers
+
+    serial, parallel = (get_task_class(name)(tokenizer, 64) for _ in range(2))
+    serial.fit(many_documents)
+    with use_workers(2):  # as inside `prepare --workers 2`: map_ranges reads the split in forked workers
+        parallel.fit(many_documents)
+    built = [[task.build_examples(d, random.Random(d.id)) for d in many_documents] for task in (serial, parallel)]
+    assert built[0] == built[1] and sum(map(len, built[0])) > 20

@@ -137,3 +137,15 @@ def test_describe_example_shows_both_sentences_and_the_class(tokenizer, many_doc
 def test_a_bad_pairs_per_sentence_is_refused(tokenizer, bad):
     with pytest.raises(ConfigError, match=r"task 'sentence_distance': pairs_per_sentence must be a number in \(0, 10\]"):
         get_task_class("sentence_distance")(tokenizer, 128, {"pairs_per_sentence": bad})
+
+
+@given(st.lists(st.integers(0, 60), min_size=1, max_size=5), st.integers(-2, 150))
+@settings(max_examples=500, deadline=None)
+def test_segments_are_cut_as_cutting_the_first_longest_one_token_at_a_time_would(lengths, budget):
+    from pretrain_tasks._segments import fit_segments
+
+    expected = list(lengths)  # the rule itself, one token at a time
+    while sum(expected) > budget and max(expected) > 1:
+        expected[max(range(len(expected)), key=lambda i: expected[i])] -= 1
+    segments = [list(range(100, 100 + n)) for n in lengths]
+    assert fit_segments(segments, budget) == [s[:n] for s, n in zip(segments, expected)]

@@ -128,6 +128,32 @@ def ordered_map(function: Callable[[Any], Any], items: Iterable[Any], workers: i
         SHARED.clear()
 
 
+RANGE_CHARS = 4_000_000  # text a worker reads for one call of map_ranges
+
+
+def map_ranges(function: Callable[[Any], Any], documents: Any, workers: int | None = None) -> Iterator[Any]:
+    """``function(documents[a:b])`` for consecutive ranges of documents that cover them all, in
+    order, on ``workers`` (default ``current_workers()``): a task's ``fit`` reads the split in
+    parallel this way and reduces the results in the parent. Ranges hold about ``RANGE_CHARS``
+    characters of text (at least 4 per worker), a function of the documents alone. ``function``
+    must be a module-level function (it is sent by name)."""
+    workers = workers or current_workers()
+    n = len(documents)
+    if hasattr(documents, "char_counts"):
+        chars = documents.char_counts()
+        pieces = max(4 * workers, -(-int(chars.sum()) // RANGE_CHARS)) if n else 0
+    else:
+        pieces = 4 * workers if n else 0
+    pieces = min(pieces, n)
+    bounds = [(n * i // pieces, n * (i + 1) // pieces) for i in range(pieces)]
+    yield from ordered_map(_range_call, bounds, workers, range_function=function, range_documents=documents)
+
+
+def _range_call(bounds: tuple[int, int]) -> Any:
+    start, end = bounds
+    return SHARED["range_function"](SHARED["range_documents"][start:end])
+
+
 # --- the Ray engine ---------------------------------------------------------------------------------
 
 def _start_ray(address: str | None, num_cpus: int | None) -> tuple[Any, bool]:
