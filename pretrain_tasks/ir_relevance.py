@@ -54,7 +54,7 @@ import numpy as np
 
 from ernie_cl.corpus.document import Document
 from ernie_cl.corpus.store import id_hash
-from ernie_cl.corpus.workers import current_workers, map_ranges, ordered_map
+from ernie_cl.corpus.workers import SHARED, current_workers, map_ranges, ordered_map
 from ernie_cl.data.tokenizer import TextTokenizer
 from ernie_cl.errors import ConfigError, CorpusError
 
@@ -181,7 +181,9 @@ def rank_bucket(job: tuple) -> tuple[int, list[list[int]], int]:
     of the bucket (positions in the bucket): (bucket start, rankings, queries expanded). A query
     whose words occur in no other document is expanded with its section's first passage (pseudo-
     relevance feedback) and ranked again. The index is dropped afterwards."""
-    lo, passages, texts, owns, firsts, k = job
+    lo, hi, texts, owns, firsts, k = job
+    table = SHARED["passages"]
+    passages = [table[i] for i in range(lo, hi)]
     ranker = Bm25Ranker(passages)
     local = [range(a, b) for a, b in owns]
     rankings = [ranker.rank(terms, own, k) for own, terms in zip(local, ranker.terms(texts))]
@@ -244,7 +246,11 @@ class IrRelevance(SentenceTask):
         # Buckets are ranked as they are read, by the preparation's worker processes (each bucket's
         # passages travel to its worker; only the rankings come back), in bucket order.
         self._pending: deque = deque()  # each read bucket's queries, until its rankings are back
-        for lo, rankings, expanded in ordered_map(rank_bucket, self._bucket_jobs(documents, owners), current_workers()):
+        jobs = list(self._bucket_jobs(documents, owners))  # every passage is in the table before workers start
+        # one bucket a worker at a time (an index is some hundreds of MB); each reads its bucket's
+        # passages from the table (a file every forked worker shares), so no passage travels
+        for lo, rankings, expanded in ordered_map(rank_bucket, jobs, current_workers(), in_flight=current_workers(),
+                                                  passages=self.passages):
             self.expanded_queries += expanded
             for (doc_id, text, passages, _), ranked in zip(self._pending.popleft(), rankings):
                 self.queries.setdefault(doc_id, []).append(Query(text, tuple(passages), tuple(lo + r for r in ranked)))
@@ -293,7 +299,7 @@ class IrRelevance(SentenceTask):
     def _bucket_job(self, lo: int, hi: int, pending: list[tuple[str, str, range, range]]) -> tuple:
         self._pending.append(pending)
         self.passages.flush()
-        return (lo, [self.passages[i] for i in range(lo, hi)], [text for _, text, _, _ in pending],
+        return (lo, hi, [text for _, text, _, _ in pending],
                 [(own.start - lo, own.stop - lo) for _, _, _, own in pending],
                 [passages.start - lo for _, _, passages, _ in pending], self.options["top_k"])
 
