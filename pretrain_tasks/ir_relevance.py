@@ -44,11 +44,10 @@ import json
 import logging
 import random
 from array import array
-from collections import deque
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar, Iterator, Sequence
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
@@ -241,40 +240,38 @@ class IrRelevance(SentenceTask):
             self._fit_rows(documents)
             return
         self.passages, self._doc_runs, self.queries, self.expanded_queries = TextTable(), RunsById(), {}, 0
-        self._counts = {"titled": 0, "with_text": 0}
         owners = array("q")  # the position in the split of each passage's document
-        # Buckets are ranked as they are read, by the preparation's worker processes (each bucket's
-        # passages travel to its worker; only the rankings come back), in bucket order.
-        self._pending: deque = deque()  # each read bucket's queries, until its rankings are back
-        jobs = list(self._bucket_jobs(documents, owners))  # every passage is in the table before workers start
+        buckets, titled, with_text = self._read_buckets(documents, owners)
+        self.passages.flush()  # every passage is in the table before the workers start
+        k = self.options["top_k"]
+        jobs = [(lo, hi, [text for _, text, _, _ in pending], [(own.start - lo, own.stop - lo) for *_, own in pending],
+                 [passages.start - lo for _, _, passages, _ in pending], k) for lo, hi, pending in buckets]
         # one bucket a worker at a time (an index is some hundreds of MB); each reads its bucket's
         # passages from the table (a file every forked worker shares), so no passage travels
-        for lo, rankings, expanded in ordered_map(rank_bucket, jobs, current_workers(), in_flight=current_workers(),
-                                                  passages=self.passages):
+        ranked_buckets = ordered_map(rank_bucket, jobs, current_workers(), in_flight=current_workers(),
+                                     passages=self.passages)
+        for (_, _, pending), (lo, rankings, expanded) in zip(buckets, ranked_buckets):
             self.expanded_queries += expanded
-            for (doc_id, text, passages, _), ranked in zip(self._pending.popleft(), rankings):
+            for (doc_id, text, passages, _), ranked in zip(pending, rankings):
                 self.queries.setdefault(doc_id, []).append(Query(text, tuple(passages), tuple(lo + r for r in ranked)))
-        titled, with_text = self._counts["titled"], self._counts["with_text"]
         if titled < 1 or with_text < 2:
             raise CorpusError(f"task 'ir_relevance' needs a document with a title and text (titles and headings are its queries) "
                               f"and another document with text in the split; found {titled} titled of {with_text} with text "
                               f"among {len(documents)}: use a larger or titled corpus, or give data_file")
-        self.passages.flush()
         self._doc_runs.freeze()
         self.passage_owner = np.frombuffer(owners, dtype=np.int64) if len(owners) else np.zeros(0, np.int64)
 
-    def _bucket_jobs(self, documents: Sequence[Document], owners: array) -> Iterator[tuple]:
-        """Read the split once (passages, document runs, queries; the documents are read by the
-        workers, ``map_ranges``), then yield each bucket's ranking job for ``rank_bucket``; its
-        queries wait in ``self._pending``."""
+    def _read_buckets(self, documents: Sequence[Document], owners: array) -> tuple[list[tuple[int, int, list]], int, int]:
+        """Read the split once (the documents are read by the workers, ``map_ranges``): passages
+        into the table, document runs, and the buckets as (first passage, end, queries); with the
+        counts of titled documents with text and of documents with text."""
         bucket_chars = self.options["bm25_bucket_chars"]
         buckets: list[tuple[int, int, list]] = []
-        bucket_start = bucket_text = ordinal = 0
+        bucket_start = bucket_text = ordinal = titled = with_text = 0
         pending: list[tuple[str, str, range, range]] = []  # (doc id, query, section's passages, document's)
         for part in map_ranges(partial(document_passages, self.options["passage_sentences"]), documents):
-            for doc_id, has_text, titled, sections in part:
-                self._counts["titled"] += titled
-                self._counts["with_text"] += has_text
+            for doc_id, has_text, is_titled, sections in part:
+                titled, with_text = titled + is_titled, with_text + has_text
                 start, queries = len(self.passages), []
                 for query, texts in sections:
                     first = len(self.passages)
@@ -293,15 +290,7 @@ class IrRelevance(SentenceTask):
                     bucket_start, bucket_text, pending = len(self.passages), 0, []
         if len(self.passages) > bucket_start:
             buckets.append((bucket_start, len(self.passages), pending))
-        for lo, hi, queries in buckets:
-            yield self._bucket_job(lo, hi, queries)
-
-    def _bucket_job(self, lo: int, hi: int, pending: list[tuple[str, str, range, range]]) -> tuple:
-        self._pending.append(pending)
-        self.passages.flush()
-        return (lo, hi, [text for _, text, _, _ in pending],
-                [(own.start - lo, own.stop - lo) for _, _, _, own in pending],
-                [passages.start - lo for _, _, passages, _ in pending], self.options["top_k"])
+        return buckets, titled, with_text
 
     def _fit_rows(self, documents: Sequence[Document]) -> None:
         if not documents:

@@ -38,8 +38,8 @@ SHARED: dict[str, Any] = {}
 ENGINES = ("local", "ray")
 _ENGINE: dict[str, Any] = {"name": "local", "ray": None}  # the engine ordered_map uses (see use_engine)
 _RAY_TASK: dict[str, Any] = {}  # the remote function, made once per Ray session
-_WORKER_CACHE: dict[str, dict[str, Any]] = {}
-_WORKERS = {"count": 1}  # workers of the preparation in progress (see use_workers)  # in a Ray worker: the shared dict of the current map, by ref
+_WORKER_CACHE: dict[str, dict[str, Any]] = {}  # in a Ray worker: the shared dict of the current map, by ref
+_WORKERS = {"count": 1}  # workers of the preparation in progress (see use_workers)
 
 
 @contextlib.contextmanager
@@ -136,7 +136,7 @@ def map_ranges(function: Callable[[Any], Any], documents: Any, workers: int | No
     order, on ``workers`` (default ``current_workers()``): a task's ``fit`` reads the split in
     parallel this way and reduces the results in the parent. Ranges hold about ``RANGE_CHARS``
     characters of text (at least 4 per worker), a function of the documents alone. ``function``
-    must be a module-level function (it is sent by name)."""
+    must be picklable: a module-level function, or a ``functools.partial`` of one."""
     workers = workers or current_workers()
     n = len(documents)
     if hasattr(documents, "char_counts"):

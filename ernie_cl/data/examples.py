@@ -67,11 +67,9 @@ def document_rng(seed: int, task_name: str, doc_id: str) -> random.Random:
     return random.Random(f"{seed}:{task_name}:{doc_id}")
 
 
-def _build_shard(task, documents: Sequence[Document], seed: int, compact: bool = False) -> dict[str, Any]:
-    """The examples of some documents, by column: lists of rows, or with ``compact`` one
-    ``store.RowColumn`` a column (8 bytes a value instead of a Python int's 36: a shard of 4 MB of
-    text is about a million tokens a column, held until it is written)."""
-    columns: dict[str, Any] = {c: store.RowColumn() if compact else [] for c in columns_of(task)}
+def _build_shard(task, documents: Sequence[Document], seed: int) -> dict[str, list[list[int]]]:
+    """The examples of some documents, by column, in memory (``build_examples``)."""
+    columns: dict[str, list[list[int]]] = {c: [] for c in columns_of(task)}
     for doc in documents:
         rng = document_rng(seed, task.name, doc.id)
         for example in task.build_examples(doc, rng):
@@ -230,10 +228,10 @@ def cached_example_sets(tasks: dict[str, Any], documents: Sequence[Document], *,
                 began = time.perf_counter()
                 s.task.fit(documents)
                 s.seconds += time.perf_counter() - began
-        label = ", ".join(s.task.name for s in building.values()) if len(building) == 1 else f"{len(building)} sets"
         worker_seconds = dict.fromkeys(building, 0.0)
         began = time.perf_counter()
         names = ", ".join(f"'{s.task.name}'" for s in building.values())
+        label = next(iter(building.values())).task.name if len(building) == 1 else f"{len(building)} sets"
         with _reported(None, len(documents), f"task {names}" if len(building) == 1 else f"tasks {names}"):
             with progress_bar(total=sum(shard_text[i] for i in indices), unit="B", unit_scale=True,
                               desc=f"{split} examples ({label})", disable=not show_progress) as bar:
