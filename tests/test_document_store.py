@@ -9,7 +9,8 @@ import numpy as np
 from conftest import random_document
 from ernie_cl.corpus import load_corpus, split_heldout
 from ernie_cl.corpus.loader import heldout_mask
-from ernie_cl.corpus.store import OPEN_SHARDS, DocumentStore, StoreWriter, id_hash
+from ernie_cl.corpus.document import Document, Section, Sentence
+from ernie_cl.corpus.store import OPEN_SHARDS, DocumentStore, StoreWriter, decode_rows, id_hash
 
 
 def stored(tmp_path, documents, shard_chars):
@@ -36,6 +37,31 @@ def test_documents_stream_into_bounded_shards_and_read_back_exactly(tmp_path):
     assert store.hashes.tolist() == [id_hash(d.id) for d in documents]
     assert len(store._tables) <= OPEN_SHARDS  # a pass over the store leaves only the last few mapped
     assert list(reversed(view)) == documents[::-1]  # shards unmapped and mapped again read the same
+
+
+def irregular_document(rng: random.Random, doc_id: str) -> Document:
+    """Any shape the store must keep: sections without paragraphs (an outline heading), spans or
+    none, one-sentence paragraphs, a one-section document."""
+    def sentence() -> Sentence:
+        text = " ".join(rng.choice(["Alpha", "beta", "Gamma", "delta", "é", "x"]) for _ in range(rng.randint(1, 8)))
+        spans = lambda: sorted((a, a + rng.randint(1, 3)) for a in rng.sample(range(len(text)), min(len(text), rng.randint(0, 2))))  # noqa: E731
+        return Sentence(text, spans(), spans())
+    sections = [Section(rng.choice(["", "History", "Ünïcode"]),
+                        [[sentence() for _ in range(rng.randint(1, 3))] for _ in range(rng.choice([0, 1, 1, 2, 4]))])
+                for _ in range(rng.randint(1, 4))]
+    return Document(doc_id, f"Title {doc_id}", sections)
+
+
+def test_the_columnar_decoder_equals_decoding_row_by_row(tmp_path):
+    rng = random.Random(11)
+    documents = [irregular_document(rng, f"d{i}") for i in range(120)]
+    store, _ = stored(tmp_path, documents, shard_chars=10**9)
+    table = store.table(0)
+    for start, length in [(0, 120), (0, 1), (37, 20), (119, 1), (50, 0), (1, 118)]:
+        rows = table.slice(start, length)
+        assert decode_rows(rows) == [Document.from_dict(r) for r in rows.to_pylist()] == documents[start:start + length]
+    mostly_a_run = np.array([i for i in range(3, 90) if i % 7])  # a split's view: a run with gaps
+    assert list(store.view(mostly_a_run)) == [documents[i] for i in mostly_a_run]
 
 
 def test_the_split_from_stored_hashes_is_the_split_of_the_list(tmp_path):

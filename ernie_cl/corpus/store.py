@@ -23,7 +23,7 @@ from typing import Any, Union
 
 import numpy as np
 
-from ernie_cl.corpus.document import Document
+from ernie_cl.corpus.document import Document, Section, Sentence
 
 STORE_FILE = "store.json"
 ARRAYS_FILE = "documents.npz"
@@ -81,6 +81,42 @@ def finish_store(folder: Path, shards: list[dict[str, Any]]) -> dict[str, int]:
     (folder / STORE_FILE).write_text(json.dumps({"shards": [{"file": s["file"], "documents": s["documents"]}
                                                             for s in shards]}), encoding="utf-8")
     return {key: sum(s["counts"][key] for s in shards) for key in COUNTS}
+
+
+def _values(array) -> tuple[Any, list[int]]:
+    """(values, offsets into them) of a list array that may be a slice: ``flatten()`` gives the
+    slice's own values, and its offsets are shifted to start at 0."""
+    offsets = array.offsets.to_numpy()
+    return array.flatten(), (offsets - offsets[0]).tolist()
+
+
+def _runs(items: list, offsets: list[int]) -> list[list]:
+    return [items[a:b] for a, b in zip(offsets, offsets[1:])]
+
+
+def _spans(column) -> list[list[tuple[int, int]]]:
+    """Per sentence, its spans as (start, end) tuples (a list<list<int32>> column of pairs)."""
+    pairs, offsets = _values(column)
+    flat = pairs.flatten().to_numpy()
+    return _runs(list(zip(flat[0::2].tolist(), flat[1::2].tolist())), offsets)
+
+
+def decode_rows(table) -> list[Document]:
+    """The documents of some rows of a shard table, built column by column: equal to
+    ``Document.from_dict`` of every row of ``table.to_pylist()``, several times faster (no dict per
+    sentence; the conversions run in Arrow). ``StructArray.flatten`` is used rather than ``field``
+    because only it applies a slice's offset."""
+    sections, section_offsets = _values(table.column("sections").combine_chunks())
+    headings, paragraphs = sections.flatten()
+    paragraphs, paragraph_offsets = _values(paragraphs)
+    sentences, sentence_offsets = _values(paragraphs)
+    texts, entities, phrases = sentences.flatten()
+    built = [Sentence(*fields) for fields in zip(texts.to_pylist(), _spans(entities), _spans(phrases), strict=True)]
+    section_list = [Section(heading, runs) for heading, runs in zip(
+        headings.to_pylist(), _runs(_runs(built, sentence_offsets), paragraph_offsets), strict=True)]
+    return [Document(doc_id, title, own) for doc_id, title, own in zip(
+        table.column("id").to_pylist(), table.column("title").to_pylist(), _runs(section_list, section_offsets),
+        strict=True)]
 
 
 class StoreWriter:
@@ -159,8 +195,7 @@ class DocumentStore:
         while start < end:
             shard = int(np.searchsorted(self.starts, start, side="right") - 1)
             stop = min(end, int(self.starts[shard + 1]))
-            rows = self.table(shard).slice(start - int(self.starts[shard]), stop - start).to_pylist()
-            out.extend(Document.from_dict(row) for row in rows)
+            out.extend(decode_rows(self.table(shard).slice(start - int(self.starts[shard]), stop - start)))
             start = stop
         return out
 
@@ -191,8 +226,12 @@ class DocumentView(Sequence):
     def __iter__(self) -> Iterator[Document]:
         for start in range(0, len(self.indices), READ_BATCH):
             chunk = self.indices[start : start + READ_BATCH]
-            if len(chunk) and chunk[-1] - chunk[0] == len(chunk) - 1:  # a contiguous run: one read
-                yield from self.store.decode(int(chunk[0]), int(chunk[-1]) + 1)
+            if not len(chunk):
+                continue
+            first, span = int(chunk[0]), int(chunk[-1] - chunk[0]) + 1
+            if span <= 2 * len(chunk):  # mostly a run (a split's view skips a few held-out documents): one read
+                run = self.store.decode(first, first + span)
+                yield from (run[i] for i in (chunk - first).tolist())
             else:
                 for index in chunk:
                     yield self.store.decode(int(index), int(index) + 1)[0]

@@ -22,6 +22,7 @@ number of workers or the items in flight.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import multiprocessing
 import os
@@ -82,6 +83,28 @@ def use_workers(count: int) -> Iterator[None]:
         _WORKERS["count"] = previous
 
 
+# The data path makes millions of small short-lived objects (token lists, words, sentences) that
+# reference counting frees; the cyclic collector only adds cost. With torch and transformers
+# imported, each of its full passes also walks their hundreds of thousands of long-lived objects:
+# measured, decoding documents took 3 to 5 times longer with the default collector. So during a
+# preparation what exists is frozen (out of collection; in a forked worker it also keeps those pages
+# shared) and the young generation is collected 140 times less often (100,000 allocations, not 700).
+PREPARE_GC_THRESHOLDS = (100_000, 50, 100)
+
+
+@contextlib.contextmanager
+def lean_collection() -> Iterator[None]:
+    """Inside the block: the cyclic garbage collector tuned for the data path (see above)."""
+    previous = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(*PREPARE_GC_THRESHOLDS)
+    try:
+        yield
+    finally:
+        gc.set_threshold(*previous)
+        gc.unfreeze()
+
+
 def current_workers() -> int:
     return _WORKERS["count"]
 
@@ -116,6 +139,8 @@ def ordered_map(function: Callable[[Any], Any], items: Iterable[Any], workers: i
             yield from _ray_map(ray, function, items, limit, shared)
             return
         os.environ["TOKENIZERS_PARALLELISM"] = "false"  # the Rust pool must not be used across a fork
+        if gc.isenabled() and gc.get_freeze_count():  # inside lean_collection: what the parent built so
+            gc.freeze()  # far stays out of the workers' collections and their pages stay shared
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
             pending: deque = deque()
             for item in items:
@@ -274,6 +299,9 @@ def _ray_task(function: Callable[[Any], Any], shared_ref: list[Any], item: Any) 
     stage function, unchanged."""
     import ray
 
+    if gc.get_threshold() != PREPARE_GC_THRESHOLDS:  # a Ray worker process: tuned once, as in lean_collection
+        gc.freeze()
+        gc.set_threshold(*PREPARE_GC_THRESHOLDS)
     key = shared_ref[0].hex()
     if key not in _WORKER_CACHE:
         _WORKER_CACHE.clear()  # one map at a time: the previous map's objects can go

@@ -17,7 +17,7 @@ from typing import Any, Iterator, Optional
 from ernie_cl.config.budgets import Stage, plan_stages
 from ernie_cl.config.schedule import ScheduleConfig
 from ernie_cl.corpus import Corpus, load_corpus
-from ernie_cl.corpus.workers import engine_cpus, use_engine, use_workers
+from ernie_cl.corpus.workers import engine_cpus, lean_collection, use_engine, use_workers
 from ernie_cl.data.examples import cached_example_sets
 from ernie_cl.data.tokenizer import TextTokenizer, build_or_load_tokenizer, load_tokenizer
 
@@ -128,7 +128,7 @@ def prepare(
     explicit = workers or schedule.training.data_workers
     with use_engine(engine, ray_address, num_cpus=explicit or os.cpu_count() or 1):
         workers = explicit or engine_cpus()
-        with use_workers(workers):  # a task's fit may spread its own work (ir_relevance's BM25 buckets)
+        with use_workers(workers), lean_collection():  # a fit may spread its own work (map_ranges)
             return _prepare(schedule, model_cfg, cache_dir, task_names, show_progress, workers, build)
 
 
