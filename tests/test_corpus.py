@@ -419,3 +419,65 @@ def test_collapsing_text_that_is_already_collapsed_takes_the_short_way_with_the_
         spans.append((a, data.draw(st.integers(a, len(text)))))
     segments = [(m.start(), m.end()) for m in sentences._NON_SPACE.finditer(text)]
     assert sentences.collapse_whitespace(text, spans) == sentences._rebuild(text, segments, " ", spans)
+
+
+# --- phrases: our counting and matching give gensim's results --------------------------------------
+
+PHRASE_WORDS = ["new", "york", "city", "of", "the", "bank", "america", "is", "and", "a", "big", "apple", "in", "it"]
+
+
+def _gensim_spans(frozen, text: str) -> list[tuple[int, int]]:
+    """The reference: gensim's own ``analyze_sentence`` over the words, stop-word-only phrases dropped."""
+    from gensim.parsing.preprocessing import STOPWORDS
+
+    from ernie_cl.corpus.phrases import word_spans
+
+    spans = word_spans(text)
+    tokens = [text[a:b].lower() for a, b in spans]
+    found, index = [], 0
+    for item, score in frozen.analyze_sentence(tokens):
+        length = item.count(frozen.delimiter) + 1 if score is not None else 1
+        if score is not None and not all(w in STOPWORDS for w in item.split(frozen.delimiter)):
+            found.append((spans[index][0], spans[index + length - 1][1]))
+        index += length
+    return found
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(PHRASE_WORDS + ["New", "York", "It"]), min_size=0, max_size=14),
+                min_size=1, max_size=60), st.integers(1, 3))
+def test_phrase_counts_and_spans_are_gensims(sentences, min_count):
+    """Counting batch by batch with ``count_words`` gives gensim's ``add_vocab`` counts, and
+    ``PhraseMatcher`` the spans of gensim's ``analyze_sentence``, on sentences full of connector
+    words and repeated candidates (the cases where the greedy rule matters)."""
+    from gensim.models.phrases import ENGLISH_CONNECTOR_WORDS, Phrases
+
+    from ernie_cl.corpus.phrases import PhraseCounter, PhraseMatcher
+
+    texts = [" ".join(words) + "." for words in sentences]
+    documents = [Document(f"d{i}", "t", [Section("", [[Sentence(t)]])]) for i, t in enumerate(texts)]
+    counter = PhraseCounter(min_count, 0.5)
+    for document in documents[: len(documents) // 2]:  # two batches, merged as gensim merges them
+        counter.add(document)
+    counter._count()
+    for document in documents[len(documents) // 2 :]:
+        counter.add(document)
+    reference = Phrases(min_count=min_count, threshold=0.5, connector_words=ENGLISH_CONNECTOR_WORDS)
+    lowered = [[w.lower() for w in words] for words in sentences]
+    reference.add_vocab(lowered[: len(documents) // 2])
+    reference.add_vocab(lowered[len(documents) // 2 :])
+    counts = counter.counts()
+    assert counts[0] == reference.vocab and counts[1] == reference.corpus_word_count
+    frozen = reference.freeze()
+    matcher = PhraseMatcher(frozen)
+    for text in texts:
+        assert matcher.spans(text) == _gensim_spans(frozen, text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from(list("aZ9 '.,-/_İßÉé’") + ["New York", "U.S.", "1,000"]), max_size=30))
+def test_lowered_words_are_the_words_lowercased(pieces):
+    from ernie_cl.corpus.phrases import _WORD, lowered_words
+
+    text = "".join(pieces)
+    assert lowered_words(text) == [w.lower() for w in _WORD.findall(text)]

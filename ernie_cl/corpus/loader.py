@@ -206,7 +206,7 @@ def _ingest(plan: Any, stats: Counter, staging: Path, *, max_documents: int | No
         final, tally = [], Counter()
         for shard, entities, status in ordered_map(_annotate_shard, range(len(shards)), 1 if nlp is not None else workers,
                                                    source=DocumentStore(first_folder), folder=final_folder, nlp=nlp,
-                                                   frozen=counter.frozen() if counter is not None else None):
+                                                   matcher=span_sources.PhraseMatcher(counter.frozen()) if counter is not None else None):
             final.append(shard)
             tally[status] += 1
             if nlp is not None:
@@ -289,9 +289,9 @@ def _annotate_shard(index: int) -> tuple[dict[str, Any], int, str]:
     source: DocumentStore = SHARED["source"]
     documents = source.decode(int(source.starts[index]), int(source.starts[index + 1]))
     entities = span_sources.add_spacy_entities(documents, SHARED["nlp"]) if SHARED["nlp"] is not None else 0
-    if SHARED["frozen"] is not None:
+    if SHARED["matcher"] is not None:
         for document in documents:
-            span_sources.annotate_phrases(document, SHARED["frozen"])
+            span_sources.annotate_phrases(document, SHARED["matcher"])
     return _write_durable_shard(folder, index, documents, stats={"entities": entities}), entities, status
 
 

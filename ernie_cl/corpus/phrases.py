@@ -16,22 +16,27 @@ collocations but not the multi-word units phrase masking is meant to teach.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from ernie_cl.corpus.document import Document, Sentence, Span
+from ernie_cl.corpus.document import Document, Span
 from ernie_cl.errors import CorpusError
 
 _WORD = re.compile(r"[^\W_]+(?:(?:['’./-]|(?<=\d),(?=\d))[^\W_]+)*")
 
 
+def lowered_words(text: str) -> list[str]:
+    """The words of ``text``, lowercased. ASCII text is lowercased first (one call, not one a word;
+    the same words, since ASCII lowercasing keeps every character's length and class); other text
+    word by word, since lowercasing may change its length (``İ`` becomes two characters)."""
+    if text.isascii():
+        return _WORD.findall(text.lower())
+    return [word.lower() for word in _WORD.findall(text)]
+
+
 def word_spans(text: str) -> list[Span]:
     return [(m.start(), m.end()) for m in _WORD.finditer(text)]
-
-
-def _sentence_tokens(sentence: Sentence) -> tuple[list[str], list[Span]]:
-    spans = word_spans(sentence.text)
-    return [sentence.text[a:b].lower() for a, b in spans], spans
 
 
 PHRASE_VOCAB_LIMIT = 2_000_000  # gensim prunes its word + bigram counts beyond this (its default: 40M)
@@ -53,15 +58,35 @@ class PhraseCounter:
         self._pending: list[list[str]] = []
 
     def add(self, document: Document) -> None:
-        for sentence in document.sentences():  # the words of _sentence_tokens, without their spans
-            self._pending.append([word.lower() for word in _WORD.findall(sentence.text)])
+        for sentence in document.sentences():  # the lowercased words, without their spans
+            self._pending.append(lowered_words(sentence.text))
         if len(self._pending) >= _COUNT_BATCH:
             self._count()
 
     def _count(self) -> None:
-        if self._pending:
-            self.model.add_vocab(self._pending)
-            self._pending = []
+        """Add the pending sentences' counts: what gensim's ``add_vocab`` adds, counted with
+        ``count_words`` (several times faster than gensim's per-word loop); a batch large enough
+        for gensim to prune while counting it is left to gensim, so the counts stay gensim's."""
+        if not self._pending:
+            return
+        model = self.model
+        vocab, words = count_words(self._pending, model.delimiter, model.connector_words)
+        if len(vocab) > model.max_vocab_size:
+            model.add_vocab(self._pending)
+        else:  # add_vocab's merge, for a batch that gensim would not have pruned (min_reduce 1)
+            model.corpus_word_count += words
+            if model.vocab:
+                model.min_reduce = max(model.min_reduce, 1)
+                for word, count in vocab.items():
+                    model.vocab[word] = model.vocab.get(word, 0) + count
+                if len(model.vocab) > model.max_vocab_size:
+                    from gensim.utils import prune_vocab
+
+                    prune_vocab(model.vocab, model.min_reduce)
+                    model.min_reduce += 1
+            else:
+                model.vocab = vocab
+        self._pending = []
 
     def counts(self) -> tuple[dict[str, int], int, int]:
         """(word and bigram counts, words seen, gensim's pruning level): what a worker sends back."""
@@ -91,21 +116,63 @@ class PhraseCounter:
         return self.model.freeze()
 
 
-def annotate_phrases(document: Document, frozen: Any) -> int:
-    """Set every sentence's phrase spans from the frozen model; returns their count."""
-    from gensim.parsing.preprocessing import STOPWORDS
+def count_words(sentences: list[list[str]], delimiter: str, connectors: frozenset[str]) -> tuple[dict[str, int], int]:
+    """(counts, words) of gensim's ``Phrases._learn_vocab`` for sentences it would not prune: every
+    non-connector word, and every run from one non-connector word to the next with the connector
+    words between them (``new_york``, ``bank_of_america``), joined by ``delimiter``."""
+    counts: Counter[str] = Counter()
+    total = 0
+    for words in sentences:
+        total += len(words)
+        kept = [i for i, word in enumerate(words) if word not in connectors]
+        counts.update([words[i] for i in kept])
+        counts.update([delimiter.join(words[a : b + 1]) for a, b in zip(kept, kept[1:])])
+    return dict(counts), total
 
-    delimiter, total = frozen.delimiter, 0
+
+class PhraseMatcher:
+    """gensim's frozen phrase detection (``FrozenPhrases.analyze_sentence``) as character spans,
+    without its per-word generator: a sentence with no word that can begin a phrase is done after
+    one set test, and the others follow gensim's greedy left-to-right rule. Phrases made of stop
+    words only still take their words (as gensim's do) but give no span."""
+
+    def __init__(self, frozen: Any):
+        from gensim.parsing.preprocessing import STOPWORDS
+
+        self.delimiter = frozen.delimiter
+        self.phrases = frozenset(p for p, score in frozen.phrasegrams.items() if score > frozen.threshold)
+        self.kept = frozenset(p for p in self.phrases if not all(w in STOPWORDS for w in p.split(self.delimiter)))
+        self.starters = frozenset(p.split(self.delimiter)[0] for p in self.phrases)
+        self.connectors = frozenset(frozen.connector_words)
+
+    def spans(self, text: str) -> list[Span]:
+        words = lowered_words(text)
+        if self.starters.isdisjoint(words):
+            return []
+        found, start = [], None
+        for i, word in enumerate(words):
+            if word in self.connectors:
+                continue  # before a phrase's first word: a word of its own; after it: part of the candidate
+            if start is not None and words[start] in self.starters:
+                phrase = self.delimiter.join(words[start : i + 1])
+                if phrase in self.phrases:
+                    if phrase in self.kept:
+                        found.append((start, i))
+                    start = None
+                    continue
+            start = i
+        if not found:
+            return []
+        spans = word_spans(text)
+        return [(spans[a][0], spans[b][1]) for a, b in found]
+
+
+def annotate_phrases(document: Document, matcher: PhraseMatcher) -> int:
+    """Set every sentence's phrase spans from the phrase model; returns their count."""
+    total = 0
     for sentence in document.sentences():
-        tokens, spans = _sentence_tokens(sentence)
-        found, index = [], 0
-        for item, score in frozen.analyze_sentence(tokens):
-            length = item.count(delimiter) + 1 if score is not None else 1
-            if score is not None and not all(word in STOPWORDS for word in item.split(delimiter)):
-                found.append((spans[index][0], spans[index + length - 1][1]))
-            index += length
-        sentence.phrases = found
-        total += len(found)
+        sentence.phrases = matcher.spans(sentence.text)
+        total += len(sentence.phrases)
     return total
 
 
@@ -114,8 +181,8 @@ def add_phrase_spans(documents: list[Document], min_count: int, threshold: float
     counter = PhraseCounter(min_count, threshold)
     for document in documents:
         counter.add(document)
-    frozen = counter.frozen()
-    return sum(annotate_phrases(document, frozen) for document in documents)
+    matcher = PhraseMatcher(counter.frozen())
+    return sum(annotate_phrases(document, matcher) for document in documents)
 
 
 def load_spacy(model_name: str) -> Any:
