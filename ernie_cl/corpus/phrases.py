@@ -69,23 +69,11 @@ class PhraseCounter:
         for gensim to prune while counting it is left to gensim, so the counts stay gensim's."""
         if not self._pending:
             return
-        model = self.model
-        vocab, words = count_words(self._pending, model.delimiter, model.connector_words)
-        if len(vocab) > model.max_vocab_size:
-            model.add_vocab(self._pending)
-        else:  # add_vocab's merge, for a batch that gensim would not have pruned (min_reduce 1)
-            model.corpus_word_count += words
-            if model.vocab:
-                model.min_reduce = max(model.min_reduce, 1)
-                for word, count in vocab.items():
-                    model.vocab[word] = model.vocab.get(word, 0) + count
-                if len(model.vocab) > model.max_vocab_size:
-                    from gensim.utils import prune_vocab
-
-                    prune_vocab(model.vocab, model.min_reduce)
-                    model.min_reduce += 1
-            else:
-                model.vocab = vocab
+        vocab, words = count_words(self._pending, self.model.delimiter, self.model.connector_words)
+        if len(vocab) > self.model.max_vocab_size:
+            self.model.add_vocab(self._pending)
+        else:
+            self._merge_counts(vocab, words, 1)  # min_reduce 1: gensim would not have pruned this batch
         self._pending = []
 
     def counts(self) -> tuple[dict[str, int], int, int]:
@@ -95,13 +83,17 @@ class PhraseCounter:
 
     def merge(self, vocab: dict[str, int], words: int, min_reduce: int) -> None:
         """Add another counter's ``counts()``, the way gensim's ``add_vocab`` merges a batch."""
+        self._count()
+        self._merge_counts(dict(vocab), words, min_reduce)
+
+    def _merge_counts(self, vocab: dict[str, int], words: int, min_reduce: int) -> None:
+        """gensim's ``add_vocab`` merge of one batch's counts (``vocab`` is taken over, not copied)."""
         from gensim.utils import prune_vocab
 
         model = self.model
-        self._count()
         model.corpus_word_count += words
         if not model.vocab:
-            model.vocab = dict(vocab)
+            model.vocab = vocab
             return
         model.min_reduce = max(model.min_reduce, min_reduce)
         for word, count in vocab.items():
