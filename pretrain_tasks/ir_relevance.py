@@ -43,6 +43,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import re
 from array import array
 from dataclasses import dataclass
 from functools import partial
@@ -133,19 +134,30 @@ def read_relevance_file(path: str) -> list[tuple[str, str, int]]:
 
 
 class Bm25Ranker:
-    """BM25 over a fixed list of passages; rankings are deterministic (ties go to the lower index)."""
+    """BM25 over a fixed list of passages; rankings are deterministic (ties go to the lower index).
+
+    Terms are bm25s's default tokenization (lowercased ``\\b\\w\\w+\\b`` words, its English stop
+    words removed), computed here with the stop-word set built once rather than once a text (bm25s
+    rebuilds it for every text): the same terms and term ids, so the same index and rankings."""
+
+    _TERM = re.compile(r"(?u)\b\w\w+\b")
 
     def __init__(self, passages: Sequence[str]):
         import bm25s  # lazy: only this task needs it
+        from bm25s.stopwords import STOPWORDS_EN
+        from bm25s.tokenization import Tokenized
 
         logging.getLogger("bm25s").setLevel(logging.WARNING)  # bm25s sets DEBUG on import: noise in run logs
 
-        self._bm25s = bm25s
+        self._stopwords = frozenset(STOPWORDS_EN)
+        vocab: dict[str, int] = {}
+        ids = [[vocab.setdefault(term, len(vocab)) for term in terms] for terms in self.terms(passages)]
         self.retriever = bm25s.BM25()
-        self.retriever.index(bm25s.tokenize(list(passages), stopwords="en", show_progress=False), show_progress=False)
+        self.retriever.index(Tokenized(ids=ids, vocab=vocab), show_progress=False)
 
     def terms(self, texts: Sequence[str]) -> list[list[str]]:
-        return self._bm25s.tokenize(list(texts), stopwords="en", show_progress=False, return_ids=False)
+        find, stop = self._TERM.findall, self._stopwords
+        return [[term for term in find(text.lower()) if term not in stop] for text in texts]
 
     def rank(self, terms: Sequence[str], exclude: range, k: int) -> list[int]:
         """The ``k`` best passages with a positive score outside ``exclude``, best first."""
@@ -155,6 +167,9 @@ class Bm25Ranker:
         scores = np.asarray(self.retriever.get_scores_from_ids(ids), dtype=np.float64)
         scores[exclude.start:exclude.stop] = 0.0
         hits = np.flatnonzero(scores > 0)
+        if len(hits) > k:  # sort only what can be in the top k: every hit scoring at least the k-th best
+            top = scores[hits]
+            hits = hits[top >= np.partition(top, len(top) - k)[len(top) - k]]
         order = np.lexsort((hits, -scores[hits]))[:k]
         return hits[order].tolist()
 

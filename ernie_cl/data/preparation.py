@@ -87,7 +87,10 @@ def schedule_tokenizer(schedule: ScheduleConfig, corpus: Corpus, cache_dir: Path
     if "pretrained" in model_cfg:
         return load_tokenizer(model_cfg["pretrained"])
     documents, sample = tokenizer_sample(corpus.train, t.sample_chars)
-    texts = (s.text for d in documents for s in d.sentences())
+    if hasattr(documents, "sentence_batches"):  # a store's view: the text column alone, in batches
+        texts = documents.sentence_batches()
+    else:
+        texts = (s.text for d in documents for s in d.sentences())
     return build_or_load_tokenizer(texts, corpus.fingerprint, cache_dir, vocab_size=t.vocab_size, lowercase=t.lowercase,
                                    sample=sample, build=build)
 
