@@ -3,11 +3,13 @@ texts from other documents.
 
 A list of Python strings costs an object per text in memory, and every forked worker that reads it
 copies the pages it touches (reference counts change on every read). Here the texts' bytes live in
-an unnamed temporary file (under ``$TMPDIR``; deleted when the table is) and a text is read back
-with one ``pread`` at its offset, so a table costs the process 8 bytes a text whatever the size of
-the corpus; the bytes are in the kernel's page cache, reclaimable and shared by every process,
-not in any process's memory. (A memory map would be as fast, but each process that touches its
-pages counts them in its own resident memory: a corpus-sized table read at random by every worker.)
+an unnamed temporary file (under ``$TMPDIR``; deleted when the table is), their end offsets in a
+second one, and a text is read back with two ``pread``s (its offsets, then its bytes), so a table
+costs the process a few buffers whatever the size of the corpus; the bytes are in the kernel's page
+cache, reclaimable and shared by every process, not in any process's memory. (A memory map would
+be as fast, but each process that touches its pages counts them in its own resident memory: a
+corpus-sized table read at random by every worker.) ``extend`` appends many texts already
+encoded by a worker in one write, so filling a table creates no object per text in the parent.
 The module name starts with ``_`` so registry discovery skips it.
 """
 
@@ -23,36 +25,62 @@ import numpy as np
 from ernie_cl.corpus.store import id_hash
 
 
-class TextTable(Sequence):
-    """Append-only texts, read back by position; equal to a list of the same strings."""
+def encode_texts(texts: Sequence[str]) -> tuple[bytes, np.ndarray]:
+    """(the texts' UTF-8 bytes end to end, each text's end offset in them): what a worker sends to
+    ``TextTable.extend`` instead of the strings."""
+    encoded = [t.encode("utf-8") for t in texts]
+    ends = np.cumsum(np.fromiter(map(len, encoded), dtype=np.int64, count=len(encoded)), dtype=np.int64)
+    return b"".join(encoded), ends
 
-    _FLUSH_BYTES = 1 << 20  # appended text is written to the file in blocks of this size
+
+class BytesTable(Sequence):
+    """Append-only byte strings, read back by position (see the module docstring); ``TextTable``
+    holds texts, other tables fixed records such as a query's passage range and ranking."""
+
+    _FLUSH_BYTES = 1 << 20  # appended text (and offsets) is written to the files in blocks of this size
 
     def __init__(self) -> None:
         self._file = tempfile.TemporaryFile(prefix="ernie-cl-texts-")
-        self._offsets = array("q", [0])
+        self._ends_file = tempfile.TemporaryFile(prefix="ernie-cl-offsets-")  # int64 end of every text
         self._pending = bytearray()
-        self._written = 0
+        self._pending_ends = array("q")
+        self._written = 0  # text bytes in the file
+        self._count = 0  # texts appended
+        self._flushed = 0  # ends in the file
 
-    def append(self, text: str) -> None:
-        self._pending += text.encode("utf-8")
-        self._offsets.append(self._written + len(self._pending))
-        if len(self._pending) >= self._FLUSH_BYTES:
+    def append(self, row: bytes) -> None:
+        self._pending += row
+        self._pending_ends.append(self._written + len(self._pending))
+        self._count += 1
+        if len(self._pending) >= self._FLUSH_BYTES or len(self._pending_ends) >= self._FLUSH_BYTES // 8:
             self.flush()
+
+    def extend(self, data: bytes, ends: np.ndarray) -> None:
+        """Append the texts encoded as ``encode_texts`` returns them (``ends`` relative to ``data``)."""
+        self.flush()
+        if not len(ends):
+            return
+        os.pwrite(self._file.fileno(), data, self._written)
+        os.pwrite(self._ends_file.fileno(), (np.asarray(ends, dtype=np.int64) + self._written).tobytes(), self._flushed * 8)
+        self._written += len(data)
+        self._count += len(ends)
+        self._flushed += len(ends)
 
     def flush(self) -> None:
         """Write what is appended (call when the table is complete, before workers fork)."""
-        if self._pending:
+        if self._pending_ends:
             os.pwrite(self._file.fileno(), self._pending, self._written)
+            os.pwrite(self._ends_file.fileno(), self._pending_ends.tobytes(), self._flushed * 8)
             self._written += len(self._pending)
-            self._pending = bytearray()
+            self._flushed += len(self._pending_ends)
+            self._pending, self._pending_ends = bytearray(), array("q")
 
     @property
     def nbytes(self) -> int:
-        return self._offsets[-1]
+        return self._written + len(self._pending)
 
     def __len__(self) -> int:
-        return len(self._offsets) - 1
+        return self._count
 
     def __getitem__(self, index):
         if isinstance(index, slice):
@@ -62,24 +90,37 @@ class TextTable(Sequence):
         if not 0 <= index < len(self):
             raise IndexError("text index out of range")
         self.flush()
-        start = self._offsets[index]
-        return os.pread(self._file.fileno(), self._offsets[index + 1] - start, start).decode("utf-8")
+        if index:
+            start, end = np.frombuffer(os.pread(self._ends_file.fileno(), 16, (index - 1) * 8), dtype=np.int64).tolist()
+        else:
+            start, end = 0, int.from_bytes(os.pread(self._ends_file.fileno(), 8, 0), "little", signed=True)
+        return os.pread(self._file.fileno(), end - start, start)
 
     def __getstate__(self) -> dict:
-        """Pickled (for a worker on another machine) with its bytes; unpickled into a new file."""
+        """Pickled (for a worker on another machine) with its bytes; unpickled into new files."""
         self.flush()
         return {"bytes": os.pread(self._file.fileno(), self._written, 0) if self._written else b"",
-                "offsets": self._offsets}
+                "ends": os.pread(self._ends_file.fileno(), self._flushed * 8, 0) if self._flushed else b""}
 
     def __setstate__(self, state: dict) -> None:
         self.__init__()
-        self._pending, self._offsets = bytearray(state["bytes"]), state["offsets"]
-        self.flush()
+        self.extend(state["bytes"], np.frombuffer(state["ends"], dtype=np.int64))
 
     def __eq__(self, other: object) -> bool:
-        if isinstance(other, (list, tuple, TextTable)):
+        if isinstance(other, (list, tuple, BytesTable)):
             return len(self) == len(other) and all(a == b for a, b in zip(self, other))
         return NotImplemented
+
+
+class TextTable(BytesTable):
+    """Append-only texts, read back by position; equal to a list of the same strings."""
+
+    def append(self, text: str) -> None:  # type: ignore[override]
+        super().append(text.encode("utf-8"))
+
+    def __getitem__(self, index):
+        row = super().__getitem__(index)
+        return row if isinstance(index, slice) else row.decode("utf-8")  # a slice's rows come through here
 
 
 class RunsById:
@@ -117,3 +158,9 @@ class RunsById:
         if at < len(hashes) and hashes[at] == key:
             return range(int(runs[at, 0]), int(runs[at, 1]))
         return range(0, 0)
+
+    def position_of(self, index: int) -> int:
+        """The ordinal (order of ``add``) of the run that holds table position ``index``, for runs
+        added in position order; an empty run never holds one."""
+        starts = np.frombuffer(self._starts, dtype=np.int64) if len(self._starts) else np.zeros(0, np.int64)
+        return int(np.searchsorted(starts, index, side="right")) - 1

@@ -40,6 +40,7 @@ hash split of the rows by query).
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import random
@@ -48,7 +49,7 @@ from array import array
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Iterable, Sequence
 
 import numpy as np
 
@@ -59,7 +60,7 @@ from ernie_cl.data.tokenizer import TextTokenizer
 from ernie_cl.errors import ConfigError, CorpusError
 
 from ._segments import SentenceTask, join_segments, split_segments
-from ._text_table import RunsById, TextTable
+from ._text_table import BytesTable, RunsById, TextTable, encode_texts
 from .base import register_task
 
 RELEVANCE = ("strong", "weak", "irrelevant")
@@ -69,7 +70,7 @@ STRONG, WEAK, IRRELEVANT = 0, 1, 2
 @dataclass(frozen=True)
 class Query:
     text: str
-    passages: tuple[int, ...]  # the section's own passages (indices into the split's passage list)
+    passages: range  # the section's own passages (indices into the split's passage list)
     ranked: tuple[int, ...]  # other documents' passages, BM25's top-k for the query, best first
 
 
@@ -142,7 +143,7 @@ class Bm25Ranker:
 
     _TERM = re.compile(r"(?u)\b\w\w+\b")
 
-    def __init__(self, passages: Sequence[str]):
+    def __init__(self, passages: Iterable[str]):
         import bm25s  # lazy: only this task needs it
         from bm25s.stopwords import STOPWORDS_EN
         from bm25s.tokenization import Tokenized
@@ -151,7 +152,12 @@ class Bm25Ranker:
 
         self._stopwords = frozenset(STOPWORDS_EN)
         vocab: dict[str, int] = {}
-        ids = [[vocab.setdefault(term, len(vocab)) for term in terms] for terms in self.terms(passages)]
+        # passage by passage, each passage's term ids as 4-byte machine integers: a bucket's terms as
+        # lists of str (then of int objects) held at once cost a worker some 200 MB at 20M characters;
+        # bm25s only iterates, counts and measures each passage's ids, so the index is the same
+        find = self._TERM.findall
+        ids = [array("i", [vocab.setdefault(term, len(vocab)) for term in find(text.lower()) if term not in self._stopwords])
+               for text in passages]
         self.retriever = bm25s.BM25()
         self.retriever.index(Tokenized(ids=ids, vocab=vocab), show_progress=False)
 
@@ -174,20 +180,23 @@ class Bm25Ranker:
         return hits[order].tolist()
 
 
-def document_passages(size: int, documents: Sequence[Document]) -> list[tuple[str, bool, bool, list]]:
-    """Per document: (id, has text, titled with text, sections), each section as (its query, or
-    None for an untitled document or a section without text; its passages): what ``fit`` needs
-    of a range of documents, read in a worker."""
-    out = []
+def document_passages(size: int, documents: Sequence[Document]) -> tuple[list, bytes, np.ndarray, np.ndarray]:
+    """What ``fit`` needs of a range of documents, read in a worker: per document (id, has text,
+    titled with text, sections), each section as (its query, or None for an untitled document or
+    a section without text; its number of passages); then every passage of the range encoded for
+    ``TextTable.extend`` and each passage's length in characters (buckets are measured in them)."""
+    out, passages = [], []
     for doc in documents:
         has_text = doc.num_sentences() > 0
         title = doc.title.strip()
         sections = []
         for section in doc.sections:
             texts = [p for paragraph in section.paragraphs for p in cut_passages([s.text for s in paragraph], size)]
-            sections.append((query_text(title, section.heading.strip()) if title and texts else None, texts))
+            sections.append((query_text(title, section.heading.strip()) if title and texts else None, len(texts)))
+            passages += texts
         out.append((doc.id, has_text, bool(has_text and title), sections))
-    return out
+    data, ends = encode_texts(passages)
+    return out, data, ends, np.fromiter(map(len, passages), dtype=np.int64, count=len(passages))
 
 
 def rank_bucket(job: tuple) -> tuple[int, list[list[int]], int]:
@@ -197,12 +206,11 @@ def rank_bucket(job: tuple) -> tuple[int, list[list[int]], int]:
     relevance feedback) and ranked again. The index is dropped afterwards."""
     lo, hi, texts, owns, firsts, k = job
     table = SHARED["passages"]
-    passages = [table[i] for i in range(lo, hi)]
-    ranker = Bm25Ranker(passages)
+    ranker = Bm25Ranker(table[i] for i in range(lo, hi))
     local = [range(a, b) for a, b in owns]
     rankings = [ranker.rank(terms, own, k) for own, terms in zip(local, ranker.terms(texts))]
     missing = [i for i, ranked in enumerate(rankings) if not ranked]
-    expanded = ranker.terms([f"{texts[i]} {passages[firsts[i]]}" for i in missing])
+    expanded = ranker.terms([f"{texts[i]} {table[lo + firsts[i]]}" for i in missing])
     for i, terms in zip(missing, expanded):
         rankings[i] = ranker.rank(terms, local[i], k)
     return lo, rankings, len(missing)
@@ -224,8 +232,10 @@ class IrRelevance(SentenceTask):
     def __init__(self, tokenizer: TextTokenizer, seq_len: int, options: dict[str, Any] | None = None):
         super().__init__(tokenizer, seq_len, options)
         self.passages = TextTable()  # every passage of the split, document after document
-        self.passage_owner = np.zeros(0, dtype=np.int64)  # position in the split of each passage's document
-        self.queries: dict[str, list[Query]] = {}  # document id -> its queries
+        # every query, in document order: its text, and its record (own section's passage range,
+        # then BM25's ranking) as int64s; each document's queries are a run of them. Files, like
+        # the passages: the parent and every forked worker hold no object per query.
+        self._query_texts, self._query_records, self._query_runs = TextTable(), BytesTable(), RunsById()
         self.expanded_queries = 0  # queries ranked again with their section's first passage
         self._doc_runs = RunsById()  # document id -> the run of its passages
         self._rows: dict[str, list[tuple[str, str, int]]] = {}  # data_file mode: document id -> rows
@@ -254,9 +264,9 @@ class IrRelevance(SentenceTask):
         if self.options["data_file"] is not None:
             self._fit_rows(documents)
             return
-        self.passages, self._doc_runs, self.queries, self.expanded_queries = TextTable(), RunsById(), {}, 0
-        owners = array("q")  # the position in the split of each passage's document
-        buckets, titled, with_text = self._read_buckets(documents, owners)
+        self.passages, self._doc_runs, self.expanded_queries = TextTable(), RunsById(), 0
+        self._query_texts, self._query_records, self._query_runs = TextTable(), BytesTable(), RunsById()
+        buckets, titled, with_text = self._read_buckets(documents)
         self.passages.flush()  # every passage is in the table before the workers start
         k = self.options["top_k"]
         jobs = [(lo, hi, [text for _, text, _, _ in pending], [(own.start - lo, own.stop - lo) for *_, own in pending],
@@ -267,42 +277,68 @@ class IrRelevance(SentenceTask):
                                      passages=self.passages)
         for (_, _, pending), (lo, rankings, expanded) in zip(buckets, ranked_buckets):
             self.expanded_queries += expanded
-            for (doc_id, text, passages, _), ranked in zip(pending, rankings):
-                self.queries.setdefault(doc_id, []).append(Query(text, tuple(passages), tuple(lo + r for r in ranked)))
+            self._store_queries(pending, [[lo + r for r in ranked] for ranked in rankings])
         if titled < 1 or with_text < 2:
             raise CorpusError(f"task 'ir_relevance' needs a document with a title and text (titles and headings are its queries) "
                               f"and another document with text in the split; found {titled} titled of {with_text} with text "
                               f"among {len(documents)}: use a larger or titled corpus, or give data_file")
         self._doc_runs.freeze()
-        self.passage_owner = np.frombuffer(owners, dtype=np.int64) if len(owners) else np.zeros(0, np.int64)
+        self._query_texts.flush()
+        self._query_records.flush()
+        self._query_runs.freeze()
 
-    def _read_buckets(self, documents: Sequence[Document], owners: array) -> tuple[list[tuple[int, int, list]], int, int]:
+    def _store_queries(self, pending: list[tuple[str, str, range, range]], rankings: list[list[int]]) -> None:
+        """Append one bucket's queries (in document order, a document's queries together) to the tables."""
+        for doc_id, group in itertools.groupby(zip(pending, rankings), key=lambda item: item[0][0]):
+            start = len(self._query_texts)
+            for (_, text, passages, _), ranked in group:
+                self._query_texts.append(text)
+                self._query_records.append(array("q", [passages.start, passages.stop, *ranked]).tobytes())
+            self._query_runs.add(doc_id, start, len(self._query_texts))
+
+    def queries_of(self, doc_id: str) -> list[Query]:
+        """The document's queries (none for a document without a title), in section order."""
+        out = []
+        for i in self._query_runs.get(doc_id):
+            record = np.frombuffer(self._query_records[i], dtype=np.int64).tolist()
+            out.append(Query(self._query_texts[i], range(record[0], record[1]), tuple(record[2:])))
+        return out
+
+    @property
+    def num_queries(self) -> int:
+        return len(self._query_texts)
+
+    def passage_owner(self, index: int) -> int:
+        """The position in the split of the document that passage ``index`` belongs to."""
+        return self._doc_runs.position_of(index)
+
+    def _read_buckets(self, documents: Sequence[Document]) -> tuple[list[tuple[int, int, list]], int, int]:
         """Read the split once (the documents are read by the workers, ``map_ranges``): passages
         into the table, document runs, and the buckets as (first passage, end, queries); with the
         counts of titled documents with text and of documents with text."""
         bucket_chars = self.options["bm25_bucket_chars"]
         buckets: list[tuple[int, int, list]] = []
-        bucket_start = bucket_text = ordinal = titled = with_text = 0
+        bucket_start = bucket_text = titled = with_text = 0
         pending: list[tuple[str, str, range, range]] = []  # (doc id, query, section's passages, document's)
-        for part in map_ranges(partial(document_passages, self.options["passage_sentences"]), documents):
+        for part, data, ends, chars in map_ranges(partial(document_passages, self.options["passage_sentences"]), documents):
+            first = len(self.passages)
+            self.passages.extend(data, ends)
+            chars_before = np.concatenate([[0], np.cumsum(chars)]).tolist()  # characters before each passage of the part
+            position = first
             for doc_id, has_text, is_titled, sections in part:
                 titled, with_text = titled + is_titled, with_text + has_text
-                start, queries = len(self.passages), []
-                for query, texts in sections:
-                    first = len(self.passages)
-                    for passage in texts:
-                        self.passages.append(passage)
-                        bucket_text += len(passage)
+                start, queries = position, []
+                for query, count in sections:
                     if query is not None:
-                        queries.append((query, range(first, len(self.passages))))
-                own = range(start, len(self.passages))
-                owners.extend([ordinal] * len(own))
-                ordinal += 1
-                self._doc_runs.add(doc_id, own.start, own.stop)
+                        queries.append((query, range(position, position + count)))
+                    position += count
+                own = range(start, position)
                 pending += [(doc_id, query, passages, own) for query, passages in queries]
+                self._doc_runs.add(doc_id, own.start, own.stop)
+                bucket_text += chars_before[position - first] - chars_before[start - first]
                 if bucket_text >= bucket_chars:  # buckets end at a document's end
-                    buckets.append((bucket_start, len(self.passages), pending))
-                    bucket_start, bucket_text, pending = len(self.passages), 0, []
+                    buckets.append((bucket_start, position, pending))
+                    bucket_start, bucket_text, pending = position, 0, []
         if len(self.passages) > bucket_start:
             buckets.append((bucket_start, len(self.passages), pending))
         return buckets, titled, with_text
@@ -319,7 +355,7 @@ class IrRelevance(SentenceTask):
     def plan(self, doc: Document, rng: random.Random) -> list[tuple[Query, int, int]]:
         """(query, passage index, label) of one document's examples (corpus mode)."""
         chosen = []
-        for query in self.queries.get(doc.id, []):
+        for query in self.queries_of(doc.id):
             if not query.ranked:
                 continue
             strong = rng.choice(query.passages)

@@ -26,12 +26,14 @@ from __future__ import annotations
 import random
 from typing import Any, ClassVar, Sequence
 
+import numpy as np
+
 from ernie_cl.corpus.document import Document
 from ernie_cl.corpus.workers import map_ranges
 from ernie_cl.errors import ConfigError, CorpusError
 
 from ._segments import SentenceTask, join_segments, split_segments
-from ._text_table import RunsById, TextTable
+from ._text_table import RunsById, TextTable, encode_texts
 from .base import register_task
 
 CLASS_NAMES = ("adjacent", "same document, not adjacent", "different documents")
@@ -41,9 +43,13 @@ def texts_of(doc: Document) -> list[str]:
     return [s.text for s in doc.sentences() if s.text.strip()]
 
 
-def sentences_by_document(documents: Sequence[Document]) -> list[tuple[str, list[str]]]:
-    """(id, non-empty sentence texts) of each document: what ``fit`` needs of a range of them."""
-    return [(doc.id, texts_of(doc)) for doc in documents]
+def sentences_by_document(documents: Sequence[Document]) -> tuple[list[str], list[int], bytes, np.ndarray]:
+    """What ``fit`` needs of a range of documents, read in a worker: their ids, their numbers of
+    non-empty sentences, and those sentences encoded for ``TextTable.extend`` (one bytes object,
+    not a string per sentence: the parent appends them without making an object per sentence)."""
+    per_document = [texts_of(doc) for doc in documents]
+    data, ends = encode_texts([text for texts in per_document for text in texts])
+    return [doc.id for doc in documents], [len(texts) for texts in per_document], data, ends
 
 
 @register_task
@@ -76,14 +82,14 @@ class SentenceDistance(SentenceTask):
         # Workers read the documents (map_ranges); here their sentences are only appended.
         self._pool, self._runs = TextTable(), RunsById()
         long_docs = 0
-        for part in map_ranges(sentences_by_document, documents):
-            for doc_id, texts in part:
-                if texts:
-                    start = len(self._pool)
-                    for text in texts:
-                        self._pool.append(text)
-                    self._runs.add(doc_id, start, len(self._pool))
-                long_docs += len(texts) >= 3
+        for doc_ids, counts, data, ends in map_ranges(sentences_by_document, documents):
+            start = len(self._pool)
+            self._pool.extend(data, ends)
+            for doc_id, count in zip(doc_ids, counts):
+                if count:
+                    self._runs.add(doc_id, start, start + count)
+                    start += count
+                long_docs += count >= 3
         self._pool.flush()
         self._runs.freeze()
         if len(self._runs) < 2 or long_docs < 1:

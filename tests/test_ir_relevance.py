@@ -64,7 +64,7 @@ def test_strong_weak_and_irrelevant_passages_follow_their_definitions(tokenizer,
     task.fit(docs)
     passages = [(doc.id, " ".join(s.text for s in p[i:i + size]))
                 for doc in docs for section in doc.sections for p in section.paragraphs for i in range(0, len(p), size)]
-    owner_of = lambda index: docs[task.passage_owner[index]].id  # noqa: E731
+    owner_of = lambda index: docs[task.passage_owner(index)].id  # noqa: E731
     assert [text for _, text in passages] == task.passages and [d for d, _ in passages] == list(map(owner_of, range(len(passages))))
     owner = np.array([d for d, _ in passages])
     for doc in docs:
@@ -103,7 +103,7 @@ def test_weak_is_the_best_other_document_passage_and_irrelevant_lies_outside_the
     assert [(q, label) for q, _, label in rows] == [("Harbour", 0), ("Harbour", 1), ("Harbour", 2)]
     assert rows[0][1] in {"The harbour is busy.", "Ships wait."}
     assert rows[1][1] == "Harbour after harbour."  # BM25's best: two hits in a short passage
-    assert task.queries["a"][0].ranked == tuple(task.passages.index(t) for t in (
+    assert task.queries_of("a")[0].ranked == tuple(task.passages.index(t) for t in (
         "Harbour after harbour.", "The lake froze in winter near a small harbour.",
         "A museum, a school, a church and a harbour are in the old town by the grey sea."))
     assert rows[2][1] in {"Bread is baked daily.", "Snow fell on the hills."}  # not shown in the top 3
@@ -187,7 +187,7 @@ def test_beyond_one_bucket_weak_passages_come_from_the_querys_bucket(tokenizer, 
     bucketed = make(tokenizer, bm25_bucket_chars=5000)  # about 6 documents a bucket
     bucketed.fit(docs)
     assert bucketed.passages == whole.passages  # the same passages, indexed per bucket
-    owners = bucketed.passage_owner
+    owners = [bucketed.passage_owner(i) for i in range(len(bucketed.passages))]
     # the buckets as runs of documents: a query's ranked passages never leave its bucket
     ends, text = [], 0
     for ordinal, doc in enumerate(docs):
@@ -199,7 +199,7 @@ def test_beyond_one_bucket_weak_passages_come_from_the_querys_bucket(tokenizer, 
     bucket_of = lambda ordinal: next((b for b, end in enumerate(ends) if ordinal < end), len(ends))  # noqa: E731
     differs = 0
     for ordinal, doc in enumerate(docs):
-        for query, reference in zip(bucketed.queries.get(doc.id, []), whole.queries.get(doc.id, [])):
+        for query, reference in zip(bucketed.queries_of(doc.id), whole.queries_of(doc.id)):
             assert query.passages == reference.passages and query.ranked
             assert {bucket_of(int(owners[i])) for i in query.ranked} == {bucket_of(ordinal)}
             differs += query.ranked != reference.ranked
@@ -215,8 +215,8 @@ def test_buckets_ranked_by_worker_processes_give_the_rankings_of_a_serial_fit(to
     parallel = make(tokenizer, bm25_bucket_chars=5000)
     with use_workers(2):  # as inside `prepare --workers 2`: the buckets go to forked workers
         parallel.fit(docs)
-    assert parallel.queries == serial.queries and parallel.expanded_queries == serial.expanded_queries
-    assert sum(len(q) for q in serial.queries.values()) > 20
+    assert [parallel.queries_of(d.id) for d in docs] == [serial.queries_of(d.id) for d in docs]
+    assert parallel.expanded_queries == serial.expanded_queries and serial.num_queries > 20
     assert [parallel.build_examples(d, random.Random(1)) for d in docs] == [serial.build_examples(d, random.Random(1)) for d in docs]
 
 

@@ -78,10 +78,12 @@ def column_types(columns: Sequence[str], vocab_size: int, label_sizes: dict[str,
 
 def derived_types(ids: np.ndarray, offsets: np.ndarray, sep_id: int) -> np.ndarray:
     """Segment ids of flattened rows: the number of [SEP] strictly before each token in its row, mod 2."""
-    is_sep = (ids == sep_id).astype(np.int64)
-    before = np.cumsum(is_sep) - is_sep  # [SEP] before each token, counted from the first row
-    starts = np.repeat(np.append(before, 0)[offsets[:-1]], np.diff(offsets))  # an empty last row: index len(ids)
-    return ((before - starts) % 2).astype(np.uint8)
+    is_sep = (ids == sep_id).view(np.uint8)
+    # only the parity matters: a running XOR of the [SEP] flags in one byte a token (a shard's
+    # ids are millions of tokens; int64 counts took 8 bytes a token for each temporary)
+    before = np.bitwise_xor.accumulate(is_sep) ^ is_sep if len(is_sep) else is_sep
+    starts = np.repeat(np.append(before, np.uint8(0))[offsets[:-1]], np.diff(offsets))  # an empty last row: index len(ids)
+    return before ^ starts
 
 
 # --- writing one shard --------------------------------------------------------------------------
@@ -108,10 +110,11 @@ class RowColumn:
 
 
 def _rows_flat(values) -> tuple[np.ndarray, np.ndarray]:
-    """(every value end to end as int64, int32 row offsets) of a RowColumn or a list of rows."""
+    """(every value end to end, int32 row offsets) of a RowColumn (in its own machine type, no
+    copy) or a list of rows (as int64)."""
     if isinstance(values, RowColumn):
         lengths = np.frombuffer(values.lengths, dtype=np.int64) if len(values) else np.zeros(0, np.int64)
-        flat = (np.frombuffer(values.values, dtype=values.values.typecode).astype(np.int64) if len(values.values)
+        flat = (np.frombuffer(values.values, dtype=values.values.typecode) if len(values.values)
                 else np.zeros(0, np.int64))
     else:
         lengths = np.fromiter((len(v) for v in values), dtype=np.int64, count=len(values))
@@ -140,7 +143,8 @@ def write_shard(folder: Path, index: int, rows: dict[str, Any], types: dict[str,
         if flat.size and (flat.min() < limits.min or flat.max() > limits.max):
             raise DataBuildError(f"column '{column}' holds values outside {types[column]} "
                                  f"({flat.min()}..{flat.max()}); the task's num_labels or the vocabulary size is wrong")
-        arrays.append(pa.ListArray.from_arrays(pa.array(offsets_col), pa.array(flat.astype(types[column]))))
+        stored = flat if flat.dtype == np.dtype(types[column]) else flat.astype(types[column])
+        arrays.append(pa.ListArray.from_arrays(pa.array(offsets_col), pa.array(stored)))
         names.append(column)
     table = pa.Table.from_arrays(arrays, names=names)
     path = folder / f"shard-{index:05d}.arrow"
