@@ -36,9 +36,12 @@ def capitalization_labels(chunk: Chunk) -> list[int]:
     labels = [IGNORE] * len(chunk.ids)
     texts = [s.text for s in chunk.sentences]
     for word in chunk.words:
-        text = texts[word.sentence][word.char_start : word.char_end]
-        if text.isalpha() or any(ch.isalpha() for ch in text):  # isalpha: the common case at C speed
-            labels[word.token_start] = int(text[0].isupper())
+        text = texts[word.sentence]
+        first = text[word.char_start] if word.char_end > word.char_start else ""
+        if first.isalpha():  # the common case, without slicing the word
+            labels[word.token_start] = int(first.isupper())
+        elif any(ch.isalpha() for ch in text[word.char_start : word.char_end]):
+            labels[word.token_start] = 0  # a word that starts with no letter ("3rd") starts lowercase
     return labels
 
 

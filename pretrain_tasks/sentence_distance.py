@@ -101,8 +101,8 @@ class SentenceDistance(SentenceTask):
         self.report_skipped(len(documents) - long_docs, len(documents),
                             "have fewer than 3 sentences (their sentences still serve as different-document partners)")
 
-    def other_document_sentence(self, doc_id: str, rng: random.Random) -> str:
-        own = self._runs.get(doc_id)
+    def other_document_sentence(self, own: range, rng: random.Random) -> str:
+        """A uniformly random sentence of the pool outside ``own``, the document's run."""
         k = rng.randrange(len(self._pool) - len(own))
         return self._pool[k + len(own) if k >= own.start else k]  # skip over the document's own run
 
@@ -120,6 +120,7 @@ class SentenceDistance(SentenceTask):
         rng.shuffle(labels)  # balanced counts, but no fixed class rhythm in the example order
         pairs: list[tuple[int, int, int]] = []  # (s1, s2, label); s2 >= n points into `others`
         others: list[str] = []
+        own = None
         for label in labels:
             if label == 0:
                 i = rng.randrange(n - 1)
@@ -132,7 +133,8 @@ class SentenceDistance(SentenceTask):
                 pairs.append((min(i, j), max(i, j), 1))
             else:
                 pairs.append((rng.randrange(n), n + len(others), 2))
-                others.append(self.other_document_sentence(doc.id, rng))
+                own = self._runs.get(doc.id) if own is None else own  # found once a document
+                others.append(self.other_document_sentence(own, rng))
         # One tokenizer call per document; each of its sentences is tokenized once.
         encoded = [e.ids for e in self.tokenizer.encode_batch(sentences + others)]
         examples = []

@@ -98,7 +98,7 @@ def test_a_three_sentence_document_offers_every_class(tokenizer):
 def test_other_document_partners_are_uniform_over_the_other_documents_sentences(tokenizer):
     docs = [numbered_document(f"d{i}", [size], random.Random(i)) for i, size in enumerate([30, 2, 4])]
     task = fitted(tokenizer, docs)
-    partners = Counter(task.other_document_sentence("d0", random.Random(k)).split()[0] for k in range(3000))
+    partners = Counter(task.other_document_sentence(task._runs.get("d0"), random.Random(k)).split()[0] for k in range(3000))
     assert set(partners) == {"d1", "d2"} and abs(partners["d2"] / 3000 - 4 / 6) < 0.04
 
 

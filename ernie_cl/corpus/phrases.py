@@ -15,6 +15,7 @@ collocations but not the multi-word units phrase masking is meant to teach.
 
 from __future__ import annotations
 
+import itertools
 import re
 from collections import Counter
 from collections.abc import Iterable
@@ -35,8 +36,9 @@ def lowered_words(text: str) -> list[str]:
     return [word.lower() for word in _WORD.findall(text)]
 
 
-def word_spans(text: str) -> list[Span]:
-    return [(m.start(), m.end()) for m in _WORD.finditer(text)]
+def word_spans(text: str, count: int | None = None) -> list[Span]:
+    """The character spans of the words of ``text`` (of its first ``count`` words)."""
+    return [m.span() for m in itertools.islice(_WORD.finditer(text), count)]
 
 
 PHRASE_VOCAB_LIMIT = 2_000_000  # gensim prunes its word + bigram counts beyond this (its default: 40M)
@@ -114,11 +116,14 @@ def count_words(sentences: list[list[str]], delimiter: str, connectors: frozense
     words between them (``new_york``, ``bank_of_america``), joined by ``delimiter``."""
     counts: Counter[str] = Counter()
     total = 0
-    for words in sentences:
-        total += len(words)
-        kept = [i for i, word in enumerate(words) if word not in connectors]
-        counts.update([words[i] for i in kept])
-        counts.update([delimiter.join(words[a : b + 1]) for a, b in zip(kept, kept[1:])])
+    for start in range(0, len(sentences), 256):  # one Counter update for many sentences (each call costs)
+        words_and_pairs: list[str] = []
+        for words in sentences[start:start + 256]:
+            total += len(words)
+            kept = [i for i, word in enumerate(words) if word not in connectors]
+            words_and_pairs += [words[i] for i in kept]
+            words_and_pairs += [delimiter.join(words[a : b + 1]) for a, b in zip(kept, kept[1:])]
+        counts.update(words_and_pairs)
     return dict(counts), total
 
 
@@ -155,7 +160,7 @@ class PhraseMatcher:
             start = i
         if not found:
             return []
-        spans = word_spans(text)
+        spans = word_spans(text, found[-1][1] + 1)  # up to the last phrase's last word
         return [(spans[a][0], spans[b][1]) for a, b in found]
 
 

@@ -102,7 +102,10 @@ class RowColumn:
         self.values, self.lengths = array.array(typecode), array.array("q")
 
     def append(self, row: Sequence[int]) -> None:
-        self.values.extend(row)
+        if type(row) is list:  # what the tasks give: fromlist converts a third faster than extend
+            self.values.fromlist(row)
+        else:
+            self.values.extend(row)
         self.lengths.append(len(row))
 
     def __len__(self) -> int:
