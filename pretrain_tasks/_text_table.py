@@ -96,6 +96,25 @@ class BytesTable(Sequence):
             start, end = 0, int.from_bytes(os.pread(self._ends_file.fileno(), 8, 0), "little", signed=True)
         return os.pread(self._file.fileno(), end - start, start)
 
+    def run(self, start: int, stop: int) -> list:
+        """Rows ``start`` .. ``stop - 1`` (a run, read with two ``pread``s in all): as ``self[start:stop]``."""
+        self.flush()
+        if not 0 <= start <= stop <= len(self):
+            raise IndexError("text run out of range")
+        if start == stop:
+            return []
+        ends = np.frombuffer(os.pread(self._ends_file.fileno(), (stop - start + (start > 0)) * 8,
+                                      (start - (start > 0)) * 8), dtype=np.int64).tolist()
+        if start == 0:
+            ends.insert(0, 0)
+        data = os.pread(self._file.fileno(), ends[-1] - ends[0], ends[0])
+        base = ends[0]
+        return [self._row(data[a - base:b - base]) for a, b in zip(ends, ends[1:])]
+
+    @staticmethod
+    def _row(data: bytes):
+        return data
+
     def __getstate__(self) -> dict:
         """Pickled (for a worker on another machine) with its bytes; unpickled into new files."""
         self.flush()
@@ -121,6 +140,10 @@ class TextTable(BytesTable):
     def __getitem__(self, index):
         row = super().__getitem__(index)
         return row if isinstance(index, slice) else row.decode("utf-8")  # a slice's rows come through here
+
+    @staticmethod
+    def _row(data: bytes) -> str:
+        return data.decode("utf-8")
 
 
 class RunsById:

@@ -206,7 +206,7 @@ def rank_bucket(job: tuple) -> tuple[int, list[list[int]], int]:
     relevance feedback) and ranked again. The index is dropped afterwards."""
     lo, hi, texts, owns, firsts, k = job
     table = SHARED["passages"]
-    ranker = Bm25Ranker(table[i] for i in range(lo, hi))
+    ranker = Bm25Ranker(text for start in range(lo, hi, 4096) for text in table.run(start, min(hi, start + 4096)))
     local = [range(a, b) for a, b in owns]
     rankings = [ranker.rank(terms, own, k) for own, terms in zip(local, ranker.terms(texts))]
     missing = [i for i, ranked in enumerate(rankings) if not ranked]

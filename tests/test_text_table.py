@@ -25,6 +25,8 @@ def test_appended_and_extended_texts_read_back_in_order_and_survive_pickling():
             expected.append(text)
     assert len(table) == len(expected) and list(table) == expected
     assert table[7:300:11] == expected[7:300:11] and table[-1] == expected[-1]
+    for start, stop in [(0, 0), (0, 1), (0, 5000), (1, 2), (123, 9876), (len(expected) - 3, len(expected))]:
+        assert table.run(start, stop) == expected[start:stop]
     assert table.nbytes == sum(len(t.encode("utf-8")) for t in expected)
     copy = pickle.loads(pickle.dumps(table))
     assert type(copy) is TextTable and copy == expected

@@ -146,18 +146,18 @@ class PhraseMatcher:
         words = lowered_words(text)
         if self.starters.isdisjoint(words):
             return []
-        found, start = [], None
-        for i, word in enumerate(words):
-            if word in self.connectors:
-                continue  # before a phrase's first word: a word of its own; after it: part of the candidate
-            if start is not None and words[start] in self.starters:
-                phrase = self.delimiter.join(words[start : i + 1])
-                if phrase in self.phrases:
+        starters, phrases, delimiter = self.starters, self.phrases, self.delimiter
+        found, start, starting = [], 0, False  # starting: the candidate's first word can begin a phrase
+        # connector words are skipped: before a phrase's first word a word of its own, after it part of the candidate
+        for i in [i for i, word in enumerate(words) if word not in self.connectors]:
+            if starting:
+                phrase = delimiter.join(words[start : i + 1])
+                if phrase in phrases:
                     if phrase in self.kept:
                         found.append((start, i))
-                    start = None
+                    starting = False
                     continue
-            start = i
+            start, starting = i, words[i] in starters
         if not found:
             return []
         spans = word_spans(text, found[-1][1] + 1)  # up to the last phrase's last word
