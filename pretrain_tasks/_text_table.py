@@ -89,12 +89,7 @@ class BytesTable(Sequence):
             index += len(self)
         if not 0 <= index < len(self):
             raise IndexError("text index out of range")
-        self.flush()
-        if index:
-            start, end = np.frombuffer(os.pread(self._ends_file.fileno(), 16, (index - 1) * 8), dtype=np.int64).tolist()
-        else:
-            start, end = 0, int.from_bytes(os.pread(self._ends_file.fileno(), 8, 0), "little", signed=True)
-        return os.pread(self._file.fileno(), end - start, start)
+        return self.run(index, index + 1)[0]
 
     def run(self, start: int, stop: int) -> list:
         """Rows ``start`` .. ``stop - 1`` (a run, read with two ``pread``s in all): as ``self[start:stop]``."""
@@ -113,6 +108,7 @@ class BytesTable(Sequence):
 
     @staticmethod
     def _row(data: bytes):
+        """A stored row as it is read back (``TextTable`` decodes it)."""
         return data
 
     def __getstate__(self) -> dict:
@@ -136,10 +132,6 @@ class TextTable(BytesTable):
 
     def append(self, text: str) -> None:  # type: ignore[override]
         super().append(text.encode("utf-8"))
-
-    def __getitem__(self, index):
-        row = super().__getitem__(index)
-        return row if isinstance(index, slice) else row.decode("utf-8")  # a slice's rows come through here
 
     @staticmethod
     def _row(data: bytes) -> str:
