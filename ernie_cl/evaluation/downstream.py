@@ -92,7 +92,7 @@ def load_encoder(checkpoint: PathLike, cache_dir: Optional[PathLike] = None,
     encoder.to(_device(device)).eval()
     encoder.pretrain_seq_len = seq_len  # positions past it were never trained: the default max_len stays within
     info = {"checkpoint": str(folder), "tag": state.get("tag", folder.name), "global_step": state.get("global_step"),
-            "schedule": schedule.name, "tasks": list(tasks), "seq_len": seq_len,
+            "schedule": schedule.name, "corpus_source": schedule.corpus.source, "tasks": list(tasks), "seq_len": seq_len,
             "max_positions": _max_positions(encoder), "tokenizer": tokenizer.fingerprint}
     return encoder, tokenizer, info
 
@@ -191,7 +191,8 @@ def _check_task_id(encoder: ErnieEncoder, task_id: int) -> None:
 
 @torch.no_grad()
 def sentence_features(encoder: ErnieEncoder, tokenizer: TextTokenizer, texts: Sequence[Text], batch_size: int = 64,
-                      task_id: int = 0, pooling: str = "mean", max_len: Optional[int] = None) -> torch.Tensor:
+                      task_id: int = 0, pooling: str = "mean", max_len: Optional[int] = None,
+                      progress: Any = None) -> torch.Tensor:
     """Frozen features ``[len(texts), hidden]`` (float32, on the CPU): eval mode, no gradients.
 
     ``pooling="mean"`` (default): the mean of the last layer over the non-padding positions. For a
@@ -200,7 +201,8 @@ def sentence_features(encoder: ErnieEncoder, tokenizer: TextTokenizer, texts: Se
     and a short or token-only schedule leaves it nearly untrained. ``"cls"``: the [CLS] state the
     ERNIE heads read. ``task_id`` picks the task embedding added to the input (0: the schedule's
     first task). ``max_len``: default 128, or the pre-training sequence length if shorter. Texts
-    are batched by length (less padding); rows come back in the input's order.
+    are batched by length (less padding); rows come back in the input's order. ``progress``: a
+    tqdm-like bar, advanced by the number of texts of every batch.
     """
     _check_pooling(pooling)
     _check_task_id(encoder, task_id)
@@ -215,6 +217,8 @@ def sentence_features(encoder: ErnieEncoder, tokenizer: TextTokenizer, texts: Se
         batch = _pad([encoded[i] for i in chosen], tokenizer.pad_id, device)
         hidden = encoder.encode(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], [task_id])
         out[chosen] = _pool(hidden, batch["attention_mask"], pooling).float().cpu()
+        if progress is not None:
+            progress.update(len(chosen))
     encoder.train(was_training)
     return out
 

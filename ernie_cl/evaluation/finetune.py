@@ -46,18 +46,19 @@ class _FineTuned(nn.Module):
 
     def trained_parameters(self) -> list[nn.Parameter]:
         # the pre-training heads are unused (a decoder tied to the word embeddings comes in with the backbone)
-        return list(dict.fromkeys([*self.encoder.backbone.parameters(), self.encoder.task_embeddings.weight,
+        task_embeddings = self.encoder.task_embeddings  # None for a plain Hugging Face encoder
+        return list(dict.fromkeys([*self.encoder.backbone.parameters(), *([] if task_embeddings is None else [task_embeddings.weight]),
                                    *self.head.parameters()]))
 
 
-def finetune(checkpoint: Union[PathLike, Loaded], task_spec: Union[PathLike, Sequence[PathLike]], *,
+def finetune(checkpoint: Union[PathLike, Loaded], task_spec: Union[PathLike, Sequence[PathLike], GlueTask], *,
              config: Optional[str] = None, text_columns: Optional[Sequence[str]] = None,
              label_column: Optional[str] = None, task_type: Optional[str] = None, epochs: int = 3,
              lr: Optional[float] = None, batch_size: int = 32, seed: int = 0, max_len: Optional[int] = None, warmup_ratio: float = 0.1,
              weight_decay: float = 0.01, pooling: str = "mean", task_id: int = 0, cache_dir: Optional[PathLike] = None,
              device: Optional[Union[str, torch.device]] = None, show_progress: bool = False) -> dict[str, Any]:
     """Fine-tune a copy of the encoder, all weights trainable, plus a fresh linear head on a
-    GLUE-style task (``load_glue_task``); the result is the dev metric after the last epoch (no
+    GLUE-style task (``load_glue_task``, or a ``GlueTask`` already in memory); the result is the dev metric after the last epoch (no
     selection on dev); ``per_epoch`` has every epoch's.
 
     Classification: cross-entropy; accuracy (also macro-F1 and the majority-class baseline).
@@ -78,7 +79,8 @@ def finetune(checkpoint: Union[PathLike, Loaded], task_spec: Union[PathLike, Seq
     if (lr is not None and not lr > 0) or not 0 <= warmup_ratio < 1 or weight_decay < 0:
         raise ConfigError(f"lr must be positive, warmup_ratio in [0, 1) and weight_decay >= 0 "
                           f"(got {lr}, {warmup_ratio}, {weight_decay})")
-    task = load_glue_task(task_spec, config, text_columns, label_column, task_type, seed)  # data errors before loading a model
+    task = task_spec if isinstance(task_spec, GlueTask) else load_glue_task(  # data errors before loading a model
+        task_spec, config, text_columns, label_column, task_type, seed)
     encoder, tokenizer, info = _loaded(checkpoint, cache_dir, device, private_copy=True)
     _check_task_id(encoder, task_id)
     max_len = _resolve_max_len(encoder, max_len)

@@ -68,7 +68,7 @@ def _downstream(results: dict[str, Any]) -> dict[str, tuple[str, bool]]:
     for strategy in results["strategies"].values():
         for run in _runs(strategy):
             for name, entry in run.get("downstream", {}).items():
-                if name not in out:
+                if name not in out and ("accuracy" in entry or "value" in entry):  # not the settings record
                     probe = "accuracy" in entry
                     out[name] = (f"{name} {'accuracy' if probe else entry.get('metric_name', 'value')}", probe)
     return out
@@ -328,6 +328,18 @@ def write_report(results: dict[str, Any], out_dir: Path) -> list[Path]:
     if _plot_loss_curves(results, out_dir / "loss_curves.png"):
         plots.append(out_dir / "loss_curves.png")
         lines += [f"![training loss curves]({plots[-1].name})", ""]
+    if results.get("downstream_suite", {}).get("models"):
+        from ernie_cl.evaluation.bench_report import suite_table, write_suite_report
+
+        suite = results["downstream_suite"]
+        suite_report = write_suite_report(suite, out_dir / "downstream")
+        lines += ["## Downstream suite", "",
+                  f"Every final checkpoint scored on the offline downstream suite with the bench seed equal to its "
+                  f"pre-training seed (same splits across strategies), with references. Paired comparisons, plots and "
+                  f"the tasks' sources: [downstream/report.md](downstream/report.md).", ""]
+        for mode in suite["modes"]:
+            lines += [f"### {mode}", "", suite_table(suite, mode), ""]
+        plots.append(suite_report)
     report = out_dir / "report.md"
     report.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return [report] + plots
