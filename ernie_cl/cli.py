@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                          help=f"train examples for --bench-finetune (default {FINETUNE_TRAIN_DEFAULT}; 'all' for the full train side)")
     compare.add_argument("--bench-max-len", type=int, metavar="N",
                          help="tokens per downstream text (default 128, or the pre-training length if shorter)")
+    compare.add_argument("--reference", action="append", default=[], metavar="MODEL",
+                         help="also score this model folder (e.g. a Hugging Face encoder) on the downstream suite as a "
+                              "reference beside the strategies; repeatable")
     compare.add_argument("--no-references", action="store_true",
                          help="skip the random-init and starting-checkpoint references in the downstream report")
     compare.add_argument("--balancing", metavar="METHODS",
@@ -294,7 +297,7 @@ def _compare(args: argparse.Namespace) -> int:
         options["max_len"] = args.bench_max_len
     run_comparison(args.schedule, args.out, seeds=args.seeds, strategies=strategies, finetune_tasks=tuple(args.finetune),
                    bench_tasks=bench_tasks, bench_finetune=bench_finetune, bench_options=options,
-                   references=not args.no_references, balancing=balancing,
+                   references=not args.no_references, extra_references=tuple(args.reference), balancing=balancing,
                    wandb_mode=args.wandb, cache_dir=args.cache_dir, show_progress=not args.no_progress)
     print(f"ernie-cl: comparison done; see {Path(args.out) / 'report.md'} and {Path(args.out) / 'results.json'}")
     return 0

@@ -1,5 +1,6 @@
 """Schedule validation: one-line errors naming file, key path and fix; every shipped file loads."""
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,8 @@ def test_every_shipped_schedule_validates(path):
 @pytest.mark.parametrize("path", sorted((ROOT / "configs" / "model").glob("*.yaml")), ids=lambda p: p.name)
 def test_every_shipped_model_config_loads(path):
     cfg = load_model_config(str(path))
+    if "pretrained" in cfg:  # a pretrained encoder's sizes are in its own config.json
+        cfg = json.loads((Path(cfg["pretrained"]) / "config.json").read_text())
     assert cfg["hidden_size"] % cfg["num_attention_heads"] == 0
 
 

@@ -14,6 +14,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from ernie_cl.errors import ConfigError
+
 from test_distributed import ROOT, shared_cache, train
 
 
@@ -91,3 +93,12 @@ def test_pretrained_path_that_is_not_a_model_folder_is_one_line_exit_2(tmp_path)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "is not a local Hugging Face model folder (no config.json)" in lines[0], lines
+
+
+def test_the_shipped_minilm_config_names_the_wheels_folder_without_a_path(tmp_path):
+    from ernie_cl.config.schedule import load_model_config
+
+    assert load_model_config("minilm") == {"pretrained": str(minilm_dir())}
+    (tmp_path / "m.yaml").write_text("pretrained: package:no_such_package_here/model\n")
+    with pytest.raises(ConfigError, match="package 'no_such_package_here' is not installed"):
+        load_model_config(str(tmp_path / "m.yaml"))

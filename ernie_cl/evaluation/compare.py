@@ -136,6 +136,7 @@ def run_comparison(
     bench_finetune: tuple[str, ...] = (),
     bench_options: Optional[dict[str, Any]] = None,
     references: bool = True,
+    extra_references: tuple[str, ...] = (),
     balancing: tuple[str, ...] = (),
     wandb_mode: str = "offline",
     cache_dir: Optional[str | Path] = None,
@@ -147,7 +148,9 @@ def run_comparison(
     Downstream, every final checkpoint is probed on ``bench_tasks`` (default: the whole suite) and
     fine-tuned on ``bench_finetune``, with the bench seed equal to the run's seed, so strategies are
     compared pairwise on the same splits. ``references``: also score a random-init encoder of the
-    same shape and, when the schedule starts from a pretrained encoder, that encoder itself."""
+    same shape and, when the schedule starts from a pretrained encoder, that encoder itself;
+    ``extra_references``: more model folders scored the same way (e.g. all-MiniLM-L6-v2 beside a
+    from-scratch schedule)."""
     for strategy in strategies:
         if strategy not in STRATEGIES:
             raise ConfigError(f"unknown strategy '{strategy}'; choose from {', '.join(STRATEGIES)}")
@@ -213,7 +216,8 @@ def run_comparison(
         entry["budgets"] = budgets
         results["strategies"][variant] = entry
         write_json_durably(out_dir / "results.json", results)  # partial results survive an interruption
-    results["downstream_suite"] = downstream_suite(results, schedule, schedule_path, out_dir, suite, references, log)
+    results["downstream_suite"] = downstream_suite(results, schedule, schedule_path, out_dir, suite, references,
+                                                   extra_references, log)
     write_json_durably(out_dir / "results.json", results)
     write_report(results, out_dir)
     return results
@@ -254,7 +258,8 @@ def _downstream(run_dir: Path, checkpoint: Path, finetune_tasks: tuple[str, ...]
 
 
 def downstream_suite(results: dict[str, Any], schedule: ScheduleConfig, schedule_path: Path, out_dir: Path,
-                     suite: dict[str, Any], references: bool, log: Callable[[str], None]) -> dict[str, Any]:
+                     suite: dict[str, Any], references: bool, extra_references: tuple[str, ...],
+                     log: Callable[[str], None]) -> dict[str, Any]:
     """The strategies' suite scores (one value per seed, from their runs) and the references',
     in the form ``bench_report`` renders. References are scored once per seed and cached in
     OUT/references.json."""
@@ -278,15 +283,19 @@ def downstream_suite(results: dict[str, Any], schedule: ScheduleConfig, schedule
         models[name] = {"kind": "strategy", "source": str(out_dir / "runs" / name), "corpus_source": schedule.corpus.source,
                         "tasks": tasks}
         infos[name] = {"corpus_source": schedule.corpus.source}
-    if references and results["strategies"]:
+    if (references or extra_references) and results["strategies"]:
         cache_file = out_dir / "references.json"
         cached = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
-        first_run = next(iter(results["strategies"].values()))["runs"][str(results["seeds"][0])]["run_dir"]
-        template = load_model(first_run, suite["cache_dir"], device="cpu")
-        wanted = {"random init": BenchModel(lambda seed: random_init_like(template, seed), kind="reference", per_seed=True)}
-        pretrained = load_model_config(schedule.model, schedule_path.parent).get("pretrained")
-        if pretrained:
-            wanted[f"{Path(pretrained).name} (start)"] = BenchModel(lambda seed: load_model(pretrained), kind="reference")
+        wanted: dict[str, BenchModel] = {}
+        if references:
+            first_run = next(iter(results["strategies"].values()))["runs"][str(results["seeds"][0])]["run_dir"]
+            template = load_model(first_run, suite["cache_dir"], device="cpu")
+            wanted["random init"] = BenchModel(lambda seed: random_init_like(template, seed), kind="reference", per_seed=True)
+            pretrained = load_model_config(schedule.model, schedule_path.parent).get("pretrained")
+            if pretrained:
+                wanted[f"{_model_name(pretrained)} (start)"] = BenchModel(lambda seed: load_model(pretrained), kind="reference")
+        for path in extra_references:
+            wanted[_model_name(path)] = BenchModel(lambda seed, path=path: load_model(path), kind="reference")
         key = json.dumps([results["seeds"], list(suite["tasks"]), list(suite["finetune"]), suite["options"]])
         for name, spec in wanted.items():
             if cached.get(name, {}).get("key") != key:
@@ -297,11 +306,17 @@ def downstream_suite(results: dict[str, Any], schedule: ScheduleConfig, schedule
                                      [mode], show_progress=suite["show_progress"], log=log, **suite["options"])
                     for task, by_mode in part["models"][name]["tasks"].items():
                         scored.setdefault(task, {}).update(by_mode)
-                cached[name] = {"key": key, "tasks": scored}
+                cached[name] = {"key": key, "tasks": scored, "source": part["models"][name]["source"]}
                 write_json_durably(cache_file, cached)
-            models[name] = {"kind": "reference", "source": str(pretrained) if "(start)" in name else "random init",
-                            "corpus_source": None, "tasks": cached[name]["tasks"]}
+            models[name] = {"kind": "reference", "source": cached[name].get("source", name), "corpus_source": None,
+                            "tasks": cached[name]["tasks"]}
     return {"title": f"Downstream suite: {schedule.name}", "seeds": results["seeds"], "modes": modes, "models": models,
             "tasks": task_notes(list(dict.fromkeys([*suite["tasks"], *suite["finetune"]])), infos),
             "machine": machine(), "commands": [results.get("command", f"ernie-cl compare {schedule_path} --out {out_dir}")],
             "options": suite["options"]}
+
+
+def _model_name(path: str | Path) -> str:
+    """A readable name for a model folder: all-MiniLM-L6-v2's wheel keeps it in .../<package>/model."""
+    path = Path(path)
+    return path.parent.name if path.name == "model" else path.name
