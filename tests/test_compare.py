@@ -144,6 +144,7 @@ def test_a_small_comparison_writes_results_report_and_plots_and_reuses_its_runs(
     assert list(suite["models"]) == ["sequential", "joint", "random init"] and suite["seeds"] == [1, 2]
     assert suite["models"]["joint"]["tasks"]["bbc_topics"]["probe"]["values"] == [
         results["strategies"]["joint"]["runs"][s]["downstream"]["probe:bbc_topics"]["accuracy"] for s in ("1", "2")]
+    assert suite["models"]["joint"]["tasks"]["bbc_topics"]["probe"]["seeds"] == [1, 2]  # paired with the references by seed
     assert suite["models"]["random init"]["kind"] == "reference"
     assert len(suite["models"]["random init"]["tasks"]["bbc_topics"]["probe"]["values"]) == 2
     assert "## Downstream suite" in report and (out / "downstream" / "report.md").is_file()

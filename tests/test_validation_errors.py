@@ -325,7 +325,7 @@ def test_broken_model_config_is_one_line_naming_the_model_file(tmp_path, text, e
 
 def test_missing_model_and_deepspeed_configs_name_the_schedule_key(tmp_path):
     assert error_line(tmp_path, with_changes(model="nosuch")).endswith(
-        "schedule.yaml: model: model config 'nosuch' not found; give a file path or one of: base, small, tiny")
+        "schedule.yaml: model: model config 'nosuch' not found; give a file path or one of: base, minilm, small, tiny")
     assert "schedule.yaml: deepspeed: deepspeed config 'zero9' not found" in error_line(tmp_path, with_changes(deepspeed="zero9"))
 
 

@@ -277,8 +277,10 @@ def downstream_suite(results: dict[str, Any], schedule: ScheduleConfig, schedule
             for task in suite["tasks"] if mode == "probe" else suite["finetune"]:
                 cells = [run["downstream"].get(f"{mode}:{task}") for run in runs]
                 if all(cells):
+                    # one value per run; "seeds" lists the runs' seeds (each cell's own list has just its seed)
                     tasks.setdefault(task, {})[mode] = {**{k: v for k, v in cells[0].items() if k != "accuracy"},
                                                         "values": [c["accuracy"] for c in cells],
+                                                        "seeds": [seed for c in cells for seed in c["seeds"]],
                                                         "seconds": round(sum(c["seconds"] for c in cells), 1)}
         models[name] = {"kind": "strategy", "source": str(out_dir / "runs" / name), "corpus_source": schedule.corpus.source,
                         "tasks": tasks}
