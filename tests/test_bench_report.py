@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from ernie_cl.evaluation.bench_report import draw_task, print_suite_table, suite_table, write_suite_report
+from ernie_cl.evaluation.bench_plots import draw_task
+from ernie_cl.evaluation.bench_report import print_suite_table, suite_table, write_suite_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 T_975_DF2 = 4.302653  # Student t 0.975 quantile, 2 degrees of freedom (tables)

@@ -27,7 +27,7 @@ import torch
 
 from ernie_cl.errors import ConfigError
 from ernie_cl.evaluation.bench_tasks import BENCH_TASKS, BenchTask, load_bench_task, subsample
-from ernie_cl.evaluation.downstream import Loaded, _fit_logistic, sentence_features
+from ernie_cl.evaluation.downstream import Loaded, probe_accuracy, sentence_features
 
 MODES = ("probe", "finetune")
 FINETUNE_TRAIN = 2000  # CPU-sized default: a few minutes a task for a small encoder on 2 cores
@@ -51,12 +51,8 @@ def probe_task(features: dict[str, torch.Tensor], task: BenchTask) -> float:
     """Dev accuracy of a logistic regression on the train side's frozen features."""
     train_x = torch.stack([features[t] for t in task.train_texts]).double()
     dev_x = torch.stack([features[t] for t in task.dev_texts]).double()
-    mean, std = train_x.mean(0), train_x.std(0, unbiased=False)
-    std = torch.where(std > 0, std, torch.ones_like(std))  # a constant feature stays zero
-    y = torch.tensor(task.train_labels, dtype=torch.long)
-    weight, bias = _fit_logistic((train_x - mean) / std, y, len(task.label_names), 1.0 / len(task.train_texts))
-    predicted = (((dev_x - mean) / std) @ weight + bias).argmax(1)
-    return float((predicted == torch.tensor(task.dev_labels)).double().mean())
+    return probe_accuracy(train_x, torch.tensor(task.train_labels, dtype=torch.long), dev_x,
+                          torch.tensor(task.dev_labels, dtype=torch.long), len(task.label_names), 1.0 / len(task.train_texts))
 
 
 def _features(loaded: Loaded, unique: Sequence[str], batch_size: int, max_len: Optional[int],

@@ -291,8 +291,14 @@ def downstream_suite(results: dict[str, Any], schedule: ScheduleConfig, schedule
         wanted: dict[str, BenchModel] = {}
         if references:
             first_run = next(iter(results["strategies"].values()))["runs"][str(results["seeds"][0])]["run_dir"]
-            template = load_model(first_run, suite["cache_dir"], device="cpu")
-            wanted["random init"] = BenchModel(lambda seed: random_init_like(template, seed), kind="reference", per_seed=True)
+            template: list = []  # the first run's model, loaded only if the reference is not cached
+
+            def random_init(seed: int):
+                if not template:
+                    template.append(load_model(first_run, suite["cache_dir"], device="cpu"))
+                return random_init_like(template[0], seed)
+
+            wanted["random init"] = BenchModel(random_init, kind="reference", per_seed=True)
             pretrained = load_model_config(schedule.model, schedule_path.parent).get("pretrained")
             if pretrained:
                 wanted[f"{_model_name(pretrained)} (start)"] = BenchModel(lambda seed: load_model(pretrained), kind="reference")

@@ -260,6 +260,17 @@ def _fit_logistic(x: torch.Tensor, y: torch.Tensor, classes: int, l2: float) -> 
     return weight.detach(), bias.detach()
 
 
+def probe_accuracy(train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor,
+                   classes: int, l2: float) -> float:
+    """Test accuracy of a logistic regression fitted on the training rows, with features
+    standardised by the training rows' mean and std alone (no test statistics leak in)."""
+    mean, std = train_x.mean(0), train_x.std(0, unbiased=False)
+    std = torch.where(std > 0, std, torch.ones_like(std))  # a constant feature stays zero
+    weight, bias = _fit_logistic((train_x - mean) / std, train_y, classes, l2)
+    predicted = (((test_x - mean) / std) @ weight + bias).argmax(1)
+    return float((predicted == test_y).double().mean())
+
+
 def linear_probe(features: Union[torch.Tensor, np.ndarray], labels: Sequence[Any], folds: int = 5, seed: int = 0,
                  l2: Optional[float] = None) -> dict[str, Any]:
     """Stratified ``folds``-fold accuracy of a logistic regression on standardised features (mean
@@ -278,13 +289,8 @@ def linear_probe(features: Union[torch.Tensor, np.ndarray], labels: Sequence[Any
     for test in stratified_folds(labels, folds, seed):
         keep = torch.ones(len(labels), dtype=torch.bool)
         keep[test] = False
-        train_x, test_x = x[keep], x[test]
-        mean, std = train_x.mean(0), train_x.std(0, unbiased=False)
-        std = torch.where(std > 0, std, torch.ones_like(std))  # a constant feature stays zero
         penalty = l2 if l2 is not None else 1.0 / int(keep.sum())
-        weight, bias = _fit_logistic((train_x - mean) / std, y[keep], len(ids), penalty)
-        predicted = (((test_x - mean) / std) @ weight + bias).argmax(1)
-        accuracies.append(float((predicted == y[test]).double().mean()))
+        accuracies.append(probe_accuracy(x[keep], y[keep], x[test], y[test], len(ids), penalty))
     return {"accuracy": float(np.mean(accuracies)), "std": float(np.std(accuracies)), "folds": folds, "n": len(labels),
             "classes": len(ids), "fold_accuracies": accuracies}
 

@@ -334,9 +334,9 @@ def write_report(results: dict[str, Any], out_dir: Path) -> list[Path]:
         suite = results["downstream_suite"]
         suite_report = write_suite_report(suite, out_dir / "downstream")
         lines += ["## Downstream suite", "",
-                  f"Every final checkpoint scored on the offline downstream suite with the bench seed equal to its "
-                  f"pre-training seed (same splits across strategies), with references. Paired comparisons, plots and "
-                  f"the tasks' sources: [downstream/report.md](downstream/report.md).", ""]
+                  "Every final checkpoint scored on the offline downstream suite with the bench seed equal to its "
+                  "pre-training seed (same splits across strategies), with references. Paired comparisons, plots and "
+                  "the tasks' sources: [downstream/report.md](downstream/report.md).", ""]
         for mode in suite["modes"]:
             lines += [f"### {mode}", "", suite_table(suite, mode), ""]
         plots.append(suite_report)
