@@ -1,43 +1,66 @@
 """Training throughput of ernie-cl against the conventional Hugging Face MLM route, same settings.
 
-Three routes, each in its own Python process (so neither inherits the other's process group, threads
-or memory), on one encoder config, batch, sequence length, corpus, tokenizer, precision and
-thread count:
+Four routes, each in its own Python process (so none inherits another's process group, threads or
+memory), on one encoder config, batch, sequence length, corpus, tokenizer, precision and thread
+count:
 
 - ``hf``: ``transformers.Trainer`` + ``BertForMaskedLM`` + ``DataCollatorForLanguageModeling``
   (15% masking) on run_mlm-style blocks: the bundled corpus's training documents, tokenized with
   special tokens by the same WordPiece tokenizer ernie-cl trains (vocabulary ``--vocab``),
   concatenated and cut into ``--seq``-token blocks (``group_texts``). Trainer's default
-  optimizer (``adamw_torch_fused`` in this transformers; reported as ``hf_optimizer``), no evaluation, no checkpoints, no logging sinks.
+  optimizer (``adamw_torch_fused`` in this transformers; reported as ``hf_optimizer``), no
+  evaluation, no checkpoints, no logging sinks. ``--hf-compile`` adds
+  ``TrainingArguments(torch_compile=True)``.
+- ``standalone``: the same conventional route as a user writes it from transformers' ``run_mlm.py``
+  example, in its own script (``hf_mlm_standalone.py``): a ``datasets.Dataset`` of the same texts,
+  tokenized by ``Dataset.map`` with ``return_special_tokens_mask=True``, every column grouped into
+  blocks by another ``Dataset.map``, the same model, collator and ``TrainingArguments``
+  (``--hf-compile`` becomes its ``--compile``). It checks the ``hf`` route: ``hf_vs_standalone``
+  = median(hf) / median(standalone) - 1, and the table says whether it is within 10%.
 - ``mlm``: ``ernie_cl.training.trainer.train`` (the real trainer, DeepSpeed engine, cached example sets,
-  streams) on a generated schedule with one stage training knowledge_masking alone.
+  streams) on a generated schedule with one stage training knowledge_masking alone. ``--compile``
+  writes ``training.compile: true`` into that schedule (compiled is compared with compiled when
+  ``--hf-compile`` is given too).
 - ``all``: the same with one stage in which all seven tasks are active (the token-level ones
   share forward passes, as ``fuse_token_tasks`` does by default), equal budgets.
 
-What is counted. Tokens: the input tokens fed to the model per step, padding excluded (HF: every
-block is exactly ``--seq`` real tokens, so batch x seq; ours: ``attention_mask.sum()``, which the
-trainer logs as ``tokens_seen``). Time: the first ``--warmup`` optimizer steps are excluded; HF's
-timed steps span from the end of the last warm-up step to the end of the last step (its
-``on_step_end`` callbacks: batch fetch + forward + backward + optimizer step + callbacks), ours is
-the sum of the trainer's ``step_time_s`` over the timed steps (batch fetch + forward + backward +
-optimizer step + per-step metrics); ``data_wait_s`` is the part of it spent waiting for a batch.
-Evaluation, example building and engine start-up are outside both. With ``--rounds N`` the three
-routes run N times in turn and each route's fastest round is reported.
+Rounds. The routes run interleaved, ``--rounds`` times (default 5): peak hf standalone mlm all,
+peak hf standalone mlm all, ..., so a slow drift of the machine reaches every route alike. For each
+route the table gives the median tokens/s over the rounds, the slowest and the fastest round and the
+spread (max - min) / median; step time, model GFLOP/s and data-wait share are medians too.
+``ratio_mlm`` and ``ratio_all`` are median(ours) / median(hf). The per-round ratios (ours / hf of
+the same round) come with their median, range and spread: the spread says how far one run's ratio
+can be trusted. The default of 5 rounds is meant to keep that spread under 10% on a quiet machine;
+on a loaded one it is wider, and the spread shows it.
+
+What is counted. Tokens: the input tokens fed to the model per step, padding excluded (HF routes:
+every block is exactly ``--seq`` real tokens, so batch x seq; ours: ``attention_mask.sum()``, which
+the trainer logs as ``tokens_seen``). Time: the first ``--warmup`` optimizer steps are excluded;
+the HF routes' timed steps span from the end of the last warm-up step to the end of the last step
+(their ``on_step_end`` callbacks: batch fetch + forward + backward + optimizer step + callbacks),
+ours is the sum of the trainer's ``step_time_s`` over the timed steps (batch fetch + forward +
+backward + optimizer step + per-step metrics); ``data_wait_s`` is the part of it spent waiting for
+a batch. Evaluation, example building, engine start-up and compilation in the warm-up steps are
+outside all of them.
 
 Model arithmetic (FLOP per step, forward + backward = 3 x forward, matmuls only)::
 
     3 * [T * L * (8 h^2 + 4 h f + 4 S h) + D * (2 h^2 + 2 h V)]
 
 T input tokens, L layers, h hidden, f intermediate size, S sequence length (keys attended), V
-vocabulary, D positions the MLM head decodes: every position in the HF route (its full-vocabulary
-output layer), the masked targets in ours (counted exactly over the timed batches).
+vocabulary, D positions the MLM head decodes: every position in the HF routes (their
+full-vocabulary output layer), the masked targets in ours (counted exactly over the timed batches).
 ``matmul_peak_gflops`` is the best fp32 (or bf16) ``torch.mm`` rate of square 2048 matrices on the
-same threads, measured in the same run.
+same threads, measured once per round (route ``peak``, a few seconds) and reported as median and
+spread; ``ours_mlm_peak_fraction`` is median ours_mlm model GFLOP/s over the median peak.
 
-    python benchmarks/throughput.py                       # the issue's CPU settings, a few minutes
+    python benchmarks/throughput.py                       # the issue's CPU settings, 5 rounds
+    python benchmarks/throughput.py --rounds 9            # a narrower spread on a busy machine
+    python benchmarks/throughput.py --routes hf,standalone --hf-compile
+    python benchmarks/throughput.py --compile --hf-compile   # compiled against compiled
     python benchmarks/throughput.py --preset base --device cuda --precision bf16 --steps 50
 
-The last line printed is one JSON object.
+A table comes first; the last line printed is one JSON object.
 """
 
 from __future__ import annotations
@@ -45,6 +68,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -53,11 +77,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+STANDALONE = Path(__file__).resolve().parent / "hf_mlm_standalone.py"
 
 ALL_TASKS = ["knowledge_masking", "capitalization", "token_document_relation", "sentence_reordering",
              "sentence_distance", "discourse_relation", "ir_relevance"]
 PRESETS = {"base": {"hidden": 768, "layers": 12, "heads": 12}}  # BERT-base sizes
 FLOP_FORMULA = "3*[T*L*(8h^2+4hf+4Sh) + D*(2h^2+2hV)]; D = decoded positions (HF: all T, ours: masked targets)"
+ROUTE_KEYS = {"hf": "hf", "standalone": "standalone", "mlm": "ours_mlm", "all": "ours_all"}  # route -> summary key
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -75,9 +101,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads in every route")
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help="bf16 needs --device cuda")
-    parser.add_argument("--routes", default="hf,mlm,all", help="comma-separated subset of hf,mlm,all")
-    parser.add_argument("--rounds", type=int, default=1, help="run the routes this many times, interleaved, and keep "
-                        "each route's fastest round (for a machine shared with other work)")
+    parser.add_argument("--routes", default="hf,standalone,mlm,all",
+                        help="comma-separated subset of hf,standalone,mlm,all")
+    parser.add_argument("--rounds", type=int, default=5, help="run the routes this many times, interleaved; every "
+                        "figure is a median over the rounds, shown with its range and spread")
+    parser.add_argument("--attention-dropout", type=float, default=0.1, metavar="P",
+                        help="attention_probs_dropout_prob of every route's model (default BERT's 0.1; on CPU, "
+                        "SDPA runs its fused flash kernel only when it is 0, else the unfused math path)")
+    parser.add_argument("--compile", action="store_true", help="ours: training.compile: true in the generated schedule")
+    parser.add_argument("--hf-compile", action="store_true", help="HF routes: TrainingArguments(torch_compile=True)")
     parser.add_argument("--cache-dir", default=None, help="ernie-cl cache (corpus, tokenizer, examples); default: the usual one")
     parser.add_argument("--route", help=argparse.SUPPRESS)  # internal: run one route in this process
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -90,17 +122,24 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error("--precision bf16 needs --device cuda (DeepSpeed's bf16 path is GPU-only here)")
     if args.hidden % args.heads:
         parser.error(f"--hidden {args.hidden} is not divisible by --heads {args.heads}")
+    unknown = set(args.routes.split(",")) - set(ROUTE_KEYS)
+    if unknown:
+        parser.error(f"--routes: unknown {', '.join(sorted(unknown))} (choose from {', '.join(ROUTE_KEYS)})")
+    if args.rounds < 1 or args.warmup < 1:  # the timed span starts at the end of the last warm-up step
+        parser.error("--rounds and --warmup must be at least 1")
     return args
 
 
 def model_config(args) -> dict:
     return {"model_type": "bert", "hidden_size": args.hidden, "num_hidden_layers": args.layers,
             "num_attention_heads": args.heads, "intermediate_size": 4 * args.hidden,
-            "max_position_embeddings": max(512, args.seq), "type_vocab_size": 2}
+            "max_position_embeddings": max(512, args.seq), "type_vocab_size": 2,
+            "attention_probs_dropout_prob": args.attention_dropout}
 
 
-def schedule(args, tasks: list[str], folder: Path) -> Path:
-    """A one-stage schedule of ``tasks`` whose steps cover warm-up + timed steps (explicit budgets)."""
+def schedule(args, tasks: list[str], folder: Path, compile_model: bool = False) -> Path:
+    """A one-stage schedule of ``tasks`` whose steps cover warm-up + timed steps (explicit budgets);
+    ``compile_model`` sets ``training.compile``."""
     import yaml
 
     sentence_tasks = [t for t in tasks if t not in ALL_TASKS[:3]]
@@ -117,6 +156,8 @@ def schedule(args, tasks: list[str], folder: Path) -> Path:
         "allocation": "explicit",
         "stages": [{"name": "bench", "tasks": {t: budget for t in tasks}}],
     }
+    if compile_model:  # only when asked: a schedule without the key reads as before
+        cfg["training"]["compile"] = True
     path = folder / "schedule.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
@@ -133,7 +174,7 @@ def run_ours(args, tasks: list[str]) -> dict:
 
     cache = Path(args.cache_dir) if args.cache_dir else None
     with tempfile.TemporaryDirectory() as tmp:
-        path = schedule(args, tasks, Path(tmp))
+        path = schedule(args, tasks, Path(tmp), compile_model=args.compile)
         train(path, Path(tmp) / "run", wandb_mode="disabled", cache_dir=cache, show_progress=False)
         rows = [json.loads(line) for line in (Path(tmp) / "run" / "metrics.jsonl").read_text().splitlines()]
         timed = [r for r in rows if r["step"] > args.warmup][: args.steps]
@@ -201,7 +242,8 @@ def run_hf(args) -> dict:
             output_dir=str(Path(tmp) / "hf"), per_device_train_batch_size=args.batch, max_steps=args.warmup + args.steps,
             learning_rate=5e-4, warmup_steps=10, adam_beta2=0.98, weight_decay=0.01, max_grad_norm=1.0,
             bf16=args.precision == "bf16", use_cpu=args.device == "cpu", save_strategy="no", eval_strategy="no",
-            logging_strategy="no", report_to=[], disable_tqdm=True, dataloader_num_workers=0, seed=0)
+            logging_strategy="no", report_to=[], disable_tqdm=True, dataloader_num_workers=0, seed=0,
+            torch_compile=args.hf_compile)
         collator = DataCollatorForLanguageModeling(tokenizer, mlm=True, mlm_probability=0.15)
         trainer = Trainer(model=model, args=training_args, train_dataset=dataset, data_collator=collator,
                           callbacks=[StepClock()])
@@ -248,11 +290,145 @@ def run_route(args) -> dict:
     return run_ours(args, ["knowledge_masking"] if args.route == "mlm" else ALL_TASKS)
 
 
-def in_subprocess(argv: list[str], route: str) -> dict:
+def run_child(command: list[str], route: str) -> dict:
+    """Run one route's process and read the JSON it writes to ``--out``; a failed route stops the benchmark."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        subprocess.run([sys.executable, __file__, *argv, "--route", route, "--out", str(out)], check=True, cwd=ROOT)
+        done = subprocess.run([*command, "--out", str(out)], cwd=ROOT)
+        if done.returncode:
+            sys.exit(f"throughput: route {route!r} failed (exit status {done.returncode}); its output is above")
         return json.loads(out.read_text())
+
+
+def in_subprocess(argv: list[str], route: str) -> dict:
+    return run_child([sys.executable, __file__, *argv, "--route", route], route)
+
+
+def standalone_command(args) -> list[str]:
+    """hf_mlm_standalone.py with this run's sizes (``--hf-compile`` becomes its ``--compile``)."""
+    sizes = {"hidden": args.hidden, "layers": args.layers, "heads": args.heads, "vocab": args.vocab,
+             "batch": args.batch, "seq": args.seq, "steps": args.steps, "warmup": args.warmup,
+             "threads": args.threads, "device": args.device, "precision": args.precision,
+             "attention-dropout": args.attention_dropout}
+    command = [sys.executable, str(STANDALONE), *(f"--{k}={v}" for k, v in sizes.items())]
+    if args.cache_dir:
+        command.append(f"--cache-dir={args.cache_dir}")
+    if args.hf_compile:
+        command.append("--compile")
+    return command
+
+
+def run_round(args, argv: list[str], number: int) -> dict[str, dict]:
+    """One round: the matmul peak, then every route once, in ``--routes`` order, each in its own process."""
+    results = {"peak": in_subprocess(argv, "peak")}
+    for route in args.routes.split(","):
+        print(f"throughput: round {number}/{args.rounds}, route {route}", file=sys.stderr, flush=True)
+        if route == "standalone":
+            results[route] = run_child(standalone_command(args), route)
+        else:
+            results[route] = in_subprocess(argv, route)
+    return results
+
+
+def summarize_rounds(values: list[float]) -> dict:
+    """Median, min, max and spread ((max - min) / median) of one figure over the rounds."""
+    middle = statistics.median(values)
+    return {"median": middle, "min": min(values), "max": max(values), "spread": (max(values) - min(values)) / middle}
+
+
+def route_summary(results: list[dict]) -> dict:
+    """One route over the rounds: tokens/s summarized and per round, the medians of the other figures."""
+    tokens = [r["tokens_per_s"] for r in results]
+    summary = {"tokens_per_s": summarize_rounds(tokens), "tokens_per_s_rounds": tokens}
+    for key in ("step_time_s", "model_gflops", "data_wait_share"):
+        if key in results[0]:
+            summary[key] = statistics.median(r[key] for r in results)
+    if "blocks" in results[0]:  # HF routes: the same in every round; hf and standalone should cut alike
+        summary["blocks"] = results[0]["blocks"]
+    return summary
+
+
+def round_ratios(ours: list[dict], hf: list[dict]) -> dict:
+    """The per-round ratios ours / hf (both from the same round) and their median, range and spread."""
+    values = [o["tokens_per_s"] / h["tokens_per_s"] for o, h in zip(ours, hf)]
+    return {"values": values, **summarize_rounds(values)}
+
+
+def summarize(args, rounds: list[dict[str, dict]]) -> dict:
+    """The run's figures: settings, every route over the rounds, the ratios of medians and per round,
+    hf against standalone, the matmul peak."""
+    import torch
+
+    routes = args.routes.split(",")
+    per_route = {route: [r[route] for r in rounds] for route in routes}
+    settings = ("hidden", "layers", "heads", "vocab", "batch", "seq", "steps", "warmup", "threads", "device",
+                "precision", "rounds", "attention_dropout", "compile", "hf_compile")
+    summary = {"settings": {**{k: getattr(args, k) for k in settings}, "routes": routes},
+               "torch": torch.__version__, "flop_formula": FLOP_FORMULA}
+    for route, results in per_route.items():
+        summary[ROUTE_KEYS[route]] = route_summary(results)
+    median = {route: summary[ROUTE_KEYS[route]]["tokens_per_s"]["median"] for route in routes}
+    if "hf" in per_route:
+        summary["hf_optimizer"] = per_route["hf"][0]["optimizer"]
+        for route in ("mlm", "all"):
+            if route in per_route:
+                summary[f"ratio_{route}"] = median[route] / median["hf"]
+                summary[f"ratio_{route}_rounds"] = round_ratios(per_route[route], per_route["hf"])
+        if "standalone" in per_route:
+            summary["hf_vs_standalone"] = median["hf"] / median["standalone"] - 1
+            summary["hf_vs_standalone_within_10pct"] = abs(summary["hf_vs_standalone"]) <= 0.10
+    summary["matmul_peak_gflops"] = summarize_rounds([r["peak"]["gflops"] for r in rounds])
+    if "mlm" in per_route:
+        peak = summary["matmul_peak_gflops"]["median"]
+        summary["ours_mlm_peak_fraction"] = summary["ours_mlm"]["model_gflops"] / peak
+        first = per_route["mlm"][0]  # the masking stream is seeded: every round decodes the same positions
+        summary["ours_mlm_decoded_fraction"] = first["decoded_positions"] / first["tokens"]
+    return summary
+
+
+def aligned(rows: list[list[str]]) -> list[str]:
+    """Rows as text columns, two spaces apart: the first column left-aligned, the others right-aligned."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+            for row in rows]
+
+
+def table(summary: dict) -> str:
+    """The summary for people: one row per route, then the matmul peak, the ratios and hf against standalone."""
+    rows = [["route", "tokens/s", "[min, max]", "spread", "step (s)", "model GFLOP/s", "data wait"]]
+    for route in summary["settings"]["routes"]:
+        r = summary[ROUTE_KEYS[route]]
+        t = r["tokens_per_s"]
+        rows.append([ROUTE_KEYS[route], f"{t['median']:.0f}", f"[{t['min']:.0f}, {t['max']:.0f}]", f"{t['spread']:.1%}",
+                     f"{r['step_time_s']:.3f}", f"{r['model_gflops']:.1f}" if "model_gflops" in r else "-",
+                     f"{r['data_wait_share']:.1%}" if "data_wait_share" in r else "-"])
+    lines = aligned(rows)
+    peak = summary["matmul_peak_gflops"]
+    line = (f"matmul peak: {peak['median']:.1f} GFLOP/s [{peak['min']:.1f}, {peak['max']:.1f}], "
+            f"spread {peak['spread']:.1%}")
+    if "ours_mlm_peak_fraction" in summary:
+        line += f"; ours_mlm at {summary['ours_mlm_peak_fraction']:.1%} of it"
+    lines.append(line)
+    for route in ("mlm", "all"):
+        if f"ratio_{route}" in summary:
+            per = summary[f"ratio_{route}_rounds"]
+            lines.append(f"ratio_{route}: {summary[f'ratio_{route}']:.3f} (of medians); per round {per['median']:.3f} "
+                         f"[{per['min']:.3f}, {per['max']:.3f}], spread {per['spread']:.1%}")
+    if "hf_vs_standalone" in summary:
+        within = "within" if summary["hf_vs_standalone_within_10pct"] else "NOT within"
+        lines.append(f"hf_vs_standalone: {summary['hf_vs_standalone']:+.1%} ({within} 10%)")
+    return "\n".join(lines)
+
+
+def rounded(value, digits: int = 4):
+    """``value`` with every float cut to ``digits`` significant digits (the JSON line; noise is far above them)."""
+    if isinstance(value, float):
+        return float(f"{value:.{digits}g}")
+    if isinstance(value, dict):
+        return {k: rounded(v, digits) for k, v in value.items()}
+    if isinstance(value, list):
+        return [rounded(v, digits) for v in value]
+    return value
 
 
 def main() -> None:
@@ -260,40 +436,10 @@ def main() -> None:
     if args.route:
         Path(args.out).write_text(json.dumps(run_route(args)))
         return
-    import torch
-
-    argv = [a for a in sys.argv[1:]]
-    routes = args.routes.split(",")
-    peak = in_subprocess(argv, "peak")["gflops"]
-    rounds = [{route: in_subprocess(argv, route) for route in routes} for _ in range(args.rounds)]
-    results = {route: max((r[route] for r in rounds), key=lambda x: x["tokens_per_s"]) for route in routes}
-    summary = {
-        "settings": {k: getattr(args, k) for k in ("hidden", "layers", "heads", "vocab", "batch", "seq", "steps",
-                                                   "warmup", "threads", "device", "precision", "rounds")},
-        "torch": torch.__version__, "matmul_peak_gflops": round(peak, 1), "flop_formula": FLOP_FORMULA,
-    }
-    print(f"\n{'route':<10}{'tokens/s':>10}{'step (s)':>10}{'model GFLOP/s':>15}{'data wait':>11}")
-    for route, r in results.items():
-        key = "hf" if route == "hf" else f"ours_{route}"
-        summary[f"{key}_tokens_per_s"] = round(r["tokens_per_s"], 1)
-        summary[f"{key}_step_time_s"] = round(r["step_time_s"], 4)
-        if "model_gflops" in r:
-            summary[f"{key}_model_gflops"] = round(r["model_gflops"], 2)
-        if "data_wait_share" in r:
-            summary[f"{key}_data_wait_share"] = round(r["data_wait_share"], 4)
-        gflops = f"{r['model_gflops']:.1f}" if "model_gflops" in r else "-"
-        wait = f"{r['data_wait_share']:.1%}" if "data_wait_share" in r else "-"
-        print(f"{key:<10}{r['tokens_per_s']:>10.0f}{r['step_time_s']:>10.3f}{gflops:>15}{wait:>11}")
-    if "hf" in results:
-        for route in ("mlm", "all"):
-            if route in results:
-                summary[f"ratio_{route}"] = round(results[route]["tokens_per_s"] / results["hf"]["tokens_per_s"], 3)
-    if "mlm" in results:
-        summary["ours_mlm_peak_fraction"] = round(results["mlm"]["model_gflops"] / peak, 3)
-        summary["ours_mlm_decoded_fraction"] = round(results["mlm"]["decoded_positions"] / results["mlm"]["tokens"], 4)
-    if "hf" in results:
-        summary["hf_optimizer"] = results["hf"]["optimizer"]
-    print(json.dumps(summary))
+    rounds = [run_round(args, sys.argv[1:], number) for number in range(1, args.rounds + 1)]
+    summary = summarize(args, rounds)
+    print("\n" + table(summary))
+    print(json.dumps(rounded(summary)))
 
 
 if __name__ == "__main__":

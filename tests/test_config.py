@@ -53,6 +53,20 @@ def test_good_schedule_loads(tmp_path):
     assert schedule.task_names() == ["knowledge_masking", "capitalization"]
 
 
+def test_training_compile_is_off_by_default_and_a_resume_may_switch_it(tmp_path):
+    from ernie_cl.training.trainer import config_changes
+
+    assert load_schedule(write(tmp_path, GOOD)).training.compile is False
+    compiled = load_schedule(write(tmp_path, {**GOOD, "training": {"compile": True}}))
+    assert compiled.training.compile is True
+    before = {"schedule": load_schedule(write(tmp_path, GOOD)).model_dump(mode="json")}
+    after = {"schedule": compiled.model_dump(mode="json")}
+    assert config_changes(before, after) == []  # how the backbone runs, not what it computes
+    changed = {"schedule": load_schedule(write(tmp_path, {**GOOD, "training": {"lr": 1e-3}})).model_dump(mode="json")}
+    assert config_changes(before, changed) == ["schedule.training.lr: 0.0005 -> 0.001"]
+    assert "training.compile" in error_of(tmp_path, {**GOOD, "training": {"compile": "sometimes"}})
+
+
 def test_unknown_top_level_key_suggests_the_close_match(tmp_path):
     msg = error_of(tmp_path, {**GOOD, "stagse": []})
     assert "schedule.yaml" in msg and "stagse: unknown key" in msg and "did you mean 'stages'" in msg

@@ -108,6 +108,9 @@ class TrainingConfig(_Strict):
     # examples, regrouped so that a batch pads little (README, "Performance")
     length_grouping: Int = Field(default=16, ge=1)
     threads: Optional[Int] = Field(default=None, gt=0)  # torch threads; default: all cores
+    # torch.compile the backbone (inductor; a frame that fails to compile runs eager). Off by default:
+    # compiling costs a minute or more up front and its kernels are not bitwise those of eager mode
+    compile: Bool = False
     data_workers: Optional[Int] = Field(default=None, gt=0)  # processes building examples; default: all cores
 
 

@@ -111,3 +111,15 @@ class ErnieEncoder(nn.Module):
             logits = self.heads[task](selected)
             out[task] = (spec.loss(logits, targets), logits, targets)
         return out
+
+
+def compile_backbone(model: ErnieEncoder) -> None:
+    """``torch.compile`` the backbone in place (``Module.compile``: parameter names, and so
+    checkpoints, stay as they are). Only the backbone: the heads select a data-dependent number of
+    positions, which would break the graph every step. A frame that fails to compile runs eager
+    (dynamo's ``suppress_errors``), so a machine without a working compiler still trains."""
+    import torch._dynamo
+
+    torch._dynamo.config.suppress_errors = True
+    model.backbone.compile()
+

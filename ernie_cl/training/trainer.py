@@ -23,7 +23,7 @@ from ernie_cl.data.examples import ExampleStream, to_device
 from ernie_cl.data.preparation import default_cache_dir, prepare
 from ernie_cl.errors import CacheMissingError, CheckpointError, TrainingError
 from ernie_cl.model.balancing import balancer_from_spec
-from ernie_cl.model.encoder import ErnieEncoder, build_backbone
+from ernie_cl.model.encoder import ErnieEncoder, build_backbone, compile_backbone
 from ernie_cl.model.extras import restore_extras
 from ernie_cl.progress import progress_bar
 from ernie_cl import faults
@@ -85,6 +85,8 @@ def train(
     # One loss balancer per stage, registered in the model so that the engine's optimizer steps
     # learned weights (uncertainty) and checkpoints carry every balancer's state.
     model.balancers = torch.nn.ModuleList(balancer_from_spec(s.balancing, s.task_names) for s in schedule.stages)
+    if training.compile:
+        compile_backbone(model)
     curriculum = Curriculum(prepared.stages, schedule.seed)
     engine = create_engine(model, ds_cfg, training, curriculum.total_steps)
     device = engine.device
@@ -273,7 +275,8 @@ def _engine_allows_autograd(engine, enabled: bool):
 
 # Settings that change how a run reports or paces itself, not what it computes: a resume may change them.
 OPERATIONAL_KEYS = {"schedule.training.log_every", "schedule.training.checkpoint_every", "schedule.training.keep_checkpoints",
-                    "schedule.training.threads", "schedule.training.data_workers", "schedule.training.eval_batch_size"}
+                    "schedule.training.threads", "schedule.training.data_workers", "schedule.training.eval_batch_size",
+                    "schedule.training.compile"}  # how it runs, not what it computes
 
 
 def config_changes(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:

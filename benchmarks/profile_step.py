@@ -1,0 +1,170 @@
+"""Where an ernie-cl training step spends its time on CPU: ``torch.profiler`` over real steps.
+
+Builds the same model, engine and knowledge_masking stream as ``benchmarks/throughput.py``'s
+``mlm`` route (its generated one-stage schedule, the real DeepSpeed engine, the cached example
+set) and profiles ``--steps`` optimizer steps after ``--warmup``. Each step is cut into phases
+with ``record_function`` (data, forward, backward, optimizer) and the operators' self CPU time
+is summed into kinds: matrix products, attention, LayerNorm, GELU, dropout, softmax / loss,
+embeddings, the fused AdamW kernel, and the rest (elementwise ops, copies, framework overhead).
+
+    python benchmarks/profile_step.py                 # the throughput benchmark's CPU sizes
+    python benchmarks/profile_step.py --compile       # the same with training.compile: true
+
+Prints two tables (phases, operator kinds: ms per step and share of the step) and the top
+operators; the last line is one JSON object. The profiler adds some overhead of its own, so the
+shares, not the absolute times, are the point (throughput.py measures speed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+# operator name (substring, checked in order) -> kind; backward ops carry their forward's kind
+KINDS = [
+    ("scaled_dot_product", "attention"), ("_flash_attention", "attention"), ("_efficient_attention", "attention"),
+    ("addmm", "matmul"), ("aten::mm", "matmul"), ("aten::bmm", "matmul"), ("matmul", "matmul"), ("linear", "matmul"),
+    ("layer_norm", "layernorm"), ("gelu", "gelu"),
+    ("dropout", "dropout"), ("bernoulli", "dropout"),
+    ("softmax", "softmax/loss"), ("nll_loss", "softmax/loss"), ("cross_entropy", "softmax/loss"),
+    ("embedding", "embedding"), ("index_select", "embedding"),
+    ("adam", "optimizer"),
+]
+
+
+def kind_of(name: str) -> str:
+    lowered = name.lower()
+    return next((kind for key, kind in KINDS if key in lowered), "other")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hidden", type=int, default=256)
+    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--vocab", type=int, default=16000)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=8, help="profiled optimizer steps")
+    parser.add_argument("--warmup", type=int, default=3, help="steps before profiling (with --compile: compilation)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: all cores)")
+    parser.add_argument("--attention-dropout", type=float, default=0.1, metavar="P",
+                        help="attention_probs_dropout_prob (0: SDPA's fused CPU kernel instead of the math path)")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the backbone (training.compile: true)")
+    parser.add_argument("--cache-dir", default=None, help="ernie-cl cache (default: the usual one)")
+    parser.add_argument("--top", type=int, default=15, help="operators listed by self CPU time")
+    return parser.parse_args(argv)
+
+
+def build(args, folder: Path):
+    """The trainer's parts for a one-stage knowledge_masking schedule: engine and example stream."""
+    import os
+
+    import torch
+    import yaml
+
+    from ernie_cl.config.schedule import load_deepspeed_config, load_model_config, load_schedule
+    from ernie_cl.data.examples import ExampleStream
+    from ernie_cl.data.preparation import default_cache_dir, prepare
+    from ernie_cl.model.balancing import balancer_from_spec
+    from ernie_cl.model.encoder import ErnieEncoder, build_backbone, compile_backbone
+    from ernie_cl.training.engine import create_engine, name_accelerator
+
+    args.threads = args.threads or os.cpu_count() or 1
+    torch.set_num_threads(args.threads)
+    (folder / "model.yaml").write_text(yaml.safe_dump({
+        "model_type": "bert", "hidden_size": args.hidden, "num_hidden_layers": args.layers,
+        "num_attention_heads": args.heads, "intermediate_size": 4 * args.hidden,
+        "max_position_embeddings": max(512, args.seq), "type_vocab_size": 2,
+        "attention_probs_dropout_prob": args.attention_dropout}))
+    (folder / "schedule.yaml").write_text(yaml.safe_dump({
+        "name": "profile", "seed": 0, "model": "model.yaml", "deepspeed": "zero0",
+        "corpus": {"source": "bundled", "eval_fraction": 0.1},
+        "tokenizer": {"vocab_size": args.vocab, "lowercase": True},
+        "training": {"batch_size": args.batch, "seq_len": args.seq, "lr": 5e-4, "warmup_steps": 10,
+                     "threads": args.threads, "compile": args.compile},
+        "allocation": "explicit", "stages": [{"name": "profile", "tasks": {"knowledge_masking": 1000}}]},
+        sort_keys=False))
+    name_accelerator()
+    schedule = load_schedule(folder / "schedule.yaml")
+    model_cfg = load_model_config(schedule.model, folder)
+    cache = Path(args.cache_dir or default_cache_dir())
+    prepared = prepare(schedule, model_cfg, cache, show_progress=False)
+    torch.manual_seed(0)
+    model = ErnieEncoder(build_backbone(model_cfg, prepared.tokenizer, args.seq), prepared.tasks)
+    model.balancers = torch.nn.ModuleList(balancer_from_spec(s.balancing, s.task_names) for s in schedule.stages)
+    if args.compile:
+        compile_backbone(model)
+    engine = create_engine(model, load_deepspeed_config(schedule.deepspeed, folder), schedule.training, 1000)
+    stream = ExampleStream(prepared.train_sets["knowledge_masking"], args.batch, 0, "knowledge_masking",
+                           prepared.tokenizer.pad_id, False, group=schedule.training.length_grouping)
+    return engine, stream
+
+
+def step(engine, stream) -> int:
+    """One optimizer step as the trainer takes it for knowledge_masking alone; returns its tokens."""
+    from torch.profiler import record_function
+
+    from ernie_cl.data.examples import to_device
+
+    with record_function("phase: data"):
+        batch = to_device(stream.next_batch(), engine.device)
+    with record_function("phase: forward"):
+        loss = engine(**batch)["knowledge_masking"][0]
+    with record_function("phase: backward"):
+        engine.backward(loss)
+    with record_function("phase: optimizer"):
+        engine.step()
+    return int(batch["attention_mask"].sum())
+
+
+def main() -> None:
+    args = parse_args()
+    from torch.profiler import ProfilerActivity, profile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        engine, stream = build(args, Path(tmp))
+        for _ in range(args.warmup):
+            step(engine, stream)
+        started = time.perf_counter()
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            tokens = sum(step(engine, stream) for _ in range(args.steps))
+        wall = (time.perf_counter() - started) / args.steps
+    events = prof.key_averages()
+    phases = {e.key.removeprefix("phase: "): e.cpu_time_total / 1e3 / args.steps
+              for e in events if e.key.startswith("phase: ")}
+    kinds: dict[str, float] = defaultdict(float)
+    for e in events:
+        if not e.key.startswith("phase: ") and not e.key.startswith("ProfilerStep"):
+            kinds[kind_of(e.key)] += e.self_cpu_time_total / 1e3 / args.steps
+    profiled = sum(kinds.values())
+    print(f"\nstep: {wall * 1e3:.1f} ms under the profiler, {tokens / args.steps:.0f} tokens, "
+          f"threads {args.threads}, compile {args.compile}")
+    print(f"\n{'phase':<12}{'ms/step':>10}{'share':>8}")
+    for name, ms in phases.items():
+        print(f"{name:<12}{ms:>10.1f}{ms / (wall * 1e3):>8.1%}")
+    print(f"\n{'kind':<14}{'ms/step':>10}{'share':>8}   (operators' self CPU time)")
+    for name, ms in sorted(kinds.items(), key=lambda kv: -kv[1]):
+        print(f"{name:<14}{ms:>10.1f}{ms / profiled:>8.1%}")
+    top = sorted((e for e in events if not e.key.startswith("phase: ")), key=lambda e: -e.self_cpu_time_total)[: args.top]
+    print(f"\n{'operator':<52}{'kind':<14}{'calls':>7}{'ms/step':>10}")
+    for e in top:
+        print(f"{e.key[:51]:<52}{kind_of(e.key):<14}{e.count // args.steps:>7}{e.self_cpu_time_total / 1e3 / args.steps:>10.1f}")
+    print(json.dumps({"settings": vars(args), "step_ms": round(wall * 1e3, 2), "tokens_per_step": tokens / args.steps,
+                      "phases_ms": {k: round(v, 2) for k, v in phases.items()},
+                      "kinds_ms": {k: round(v, 2) for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])},
+                      "top": [{"op": e.key, "kind": kind_of(e.key), "calls": e.count // args.steps,
+                               "ms": round(e.self_cpu_time_total / 1e3 / args.steps, 2)} for e in top]}))
+
+
+if __name__ == "__main__":
+    main()
