@@ -171,7 +171,9 @@ class BenchModel:
     """One row of a suite report: how to get the model for a seed, and what it is."""
 
     load: ModelForSeed
-    kind: str = "strategy"  # "strategy" (compared with each other) or "reference" (random init, the starting point)
+    # "model" (a model given to `ernie-cl bench`) or "strategy" (compare's runs), compared with each
+    # other; or "reference" (random init, the starting point), which they are measured against
+    kind: str = "model"
     per_seed: bool = False  # a new model per seed (a random init draws its weights with the seed)
 
 

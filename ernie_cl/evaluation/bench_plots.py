@@ -75,7 +75,7 @@ def _legend(fig: Any, results: dict[str, Any], width: float) -> None:
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
     kinds, colours = [m.get("kind") for m in results["models"].values()], _colours(results)
-    handles = [Patch(facecolor=colours[n][0], edgecolor="0.3", label="strategy")
+    handles = [Patch(facecolor=colours[n][0], edgecolor="0.3", label=kind or "model")
                for n, kind in zip(results["models"], kinds) if kind != "reference"][:1]
     if "reference" in kinds:
         handles.append(Patch(facecolor="0.78", hatch="//", edgecolor="0.3", label="reference"))

@@ -158,12 +158,13 @@ def _shown_lists(done: list[tuple[str, dict[str, Any]]]) -> list[str]:
 
 def _pairs_section(results: dict[str, Any], mode: str) -> list[str]:
     models = results["models"]
-    strategies = [n for n, m in models.items() if m.get("kind") == "strategy"]
+    strategies = [n for n, m in models.items() if m.get("kind") != "reference"]  # compare's strategies or bench's models
+    plural = "strategies" if all(models[n].get("kind") == "strategy" for n in strategies) else "models"
     references = [n for n, m in models.items() if m.get("kind") == "reference"]
     lines: list[str] = []
     header = ["pair (a vs b)", "mean diff (a − b)", "95% CI", "p", "wins (a > b)", "verdict"]
     if len(strategies) >= 2:
-        lines += [f"### Paired comparisons between strategies ({mode})", "",
+        lines += [f"### Paired comparisons between {plural} ({mode})", "",
                   "Seed i of both models saw the same split and seed, so each pair is judged on the per-seed "
                   "differences: a two-sided paired t-test and the 95% t interval of the mean difference.", ""]
         done = []
@@ -177,7 +178,7 @@ def _pairs_section(results: dict[str, Any], mode: str) -> list[str]:
                   "at p < 0.05 about one in twenty differences that do not exist would still read as shown.", ""]
     if strategies and references:
         lines += [f"### What pre-training bought ({mode})", "",
-                  "Each reference against the best strategy on that task (highest mean), paired by seed.", ""]
+                  f"Each reference against the best of the {plural} on that task (highest mean), paired by seed.", ""]
         done = []
         for task in suite_tasks(results, mode):
             means = {s: summ["mean"] for s in strategies if (summ := model_summary(results, s, task, mode))}
@@ -186,7 +187,7 @@ def _pairs_section(results: dict[str, Any], mode: str) -> list[str]:
             best = max(means, key=lambda s: means[s])  # ties: the first in display order
             comps = [_compare(results, best, r, task, mode) for r in references]
             done += [(task, c) for c in comps]
-            lines += [f"#### {task} (best strategy: {best})", ""] + _md_table(header, _pair_rows(comps)) + [""]
+            lines += [f"#### {task} (best {'strategy' if plural == 'strategies' else 'model'}: {best})", ""] + _md_table(header, _pair_rows(comps)) + [""]
         lines += _shown_lists(done)
     return lines
 
