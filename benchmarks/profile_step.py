@@ -29,6 +29,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from throughput import schedule  # noqa: E402  (the benchmark's own generated schedule)
+
 # operator name (substring, checked in order) -> kind; backward ops carry their forward's kind
 KINDS = [
     ("scaled_dot_product", "attention"), ("_flash_attention", "attention"), ("_efficient_attention", "attention"),
@@ -70,8 +72,6 @@ def build(args, folder: Path):
     import os
 
     import torch
-    import yaml
-
     from ernie_cl.config.schedule import load_deepspeed_config, load_model_config, load_schedule
     from ernie_cl.data.examples import ExampleStream
     from ernie_cl.data.preparation import default_cache_dir, prepare
@@ -80,33 +80,23 @@ def build(args, folder: Path):
     from ernie_cl.training.engine import create_engine, name_accelerator
 
     args.threads = args.threads or os.cpu_count() or 1
+    args.precision = "fp32"
     torch.set_num_threads(args.threads)
-    (folder / "model.yaml").write_text(yaml.safe_dump({
-        "model_type": "bert", "hidden_size": args.hidden, "num_hidden_layers": args.layers,
-        "num_attention_heads": args.heads, "intermediate_size": 4 * args.hidden,
-        "max_position_embeddings": max(512, args.seq), "type_vocab_size": 2,
-        "attention_probs_dropout_prob": args.attention_dropout}))
-    (folder / "schedule.yaml").write_text(yaml.safe_dump({
-        "name": "profile", "seed": 0, "model": "model.yaml", "deepspeed": "zero0",
-        "corpus": {"source": "bundled", "eval_fraction": 0.1},
-        "tokenizer": {"vocab_size": args.vocab, "lowercase": True},
-        "training": {"batch_size": args.batch, "seq_len": args.seq, "lr": 5e-4, "warmup_steps": 10,
-                     "threads": args.threads, "compile": args.compile},
-        "allocation": "explicit", "stages": [{"name": "profile", "tasks": {"knowledge_masking": 1000}}]},
-        sort_keys=False))
+    # throughput.py's mlm-route schedule and model config, with the step budget made long enough
+    path = schedule(argparse.Namespace(**{**vars(args), "steps": 1000}), ["knowledge_masking"], folder, args.compile)
     name_accelerator()
-    schedule = load_schedule(folder / "schedule.yaml")
-    model_cfg = load_model_config(schedule.model, folder)
+    schedule_cfg = load_schedule(path)
+    model_cfg = load_model_config(schedule_cfg.model, folder)
     cache = Path(args.cache_dir or default_cache_dir())
-    prepared = prepare(schedule, model_cfg, cache, show_progress=False)
+    prepared = prepare(schedule_cfg, model_cfg, cache, show_progress=False)
     torch.manual_seed(0)
     model = ErnieEncoder(build_backbone(model_cfg, prepared.tokenizer, args.seq), prepared.tasks)
-    model.balancers = torch.nn.ModuleList(balancer_from_spec(s.balancing, s.task_names) for s in schedule.stages)
+    model.balancers = torch.nn.ModuleList(balancer_from_spec(s.balancing, s.task_names) for s in schedule_cfg.stages)
     if args.compile:
         compile_backbone(model)
-    engine = create_engine(model, load_deepspeed_config(schedule.deepspeed, folder), schedule.training, 1000)
+    engine = create_engine(model, load_deepspeed_config(schedule_cfg.deepspeed, folder), schedule_cfg.training, 1000)
     stream = ExampleStream(prepared.train_sets["knowledge_masking"], args.batch, 0, "knowledge_masking",
-                           prepared.tokenizer.pad_id, False, group=schedule.training.length_grouping)
+                           prepared.tokenizer.pad_id, False, group=schedule_cfg.training.length_grouping)
     return engine, stream
 
 

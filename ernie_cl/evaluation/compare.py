@@ -28,6 +28,7 @@ schedule sets them: the methods of one strategy take equal steps, strategies may
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -291,14 +292,10 @@ def downstream_suite(results: dict[str, Any], schedule: ScheduleConfig, schedule
         wanted: dict[str, BenchModel] = {}
         if references:
             first_run = next(iter(results["strategies"].values()))["runs"][str(results["seeds"][0])]["run_dir"]
-            template: list = []  # the first run's model, loaded only if the reference is not cached
-
-            def random_init(seed: int):
-                if not template:
-                    template.append(load_model(first_run, suite["cache_dir"], device="cpu"))
-                return random_init_like(template[0], seed)
-
-            wanted["random init"] = BenchModel(random_init, kind="reference", per_seed=True)
+            # the first run's model, loaded once and only if the reference is not cached (as `ernie-cl bench` does)
+            template = functools.lru_cache(maxsize=1)(lambda: load_model(first_run, suite["cache_dir"], device="cpu"))
+            wanted["random init"] = BenchModel(lambda seed: random_init_like(template(), seed), kind="reference",
+                                               per_seed=True)
             pretrained = load_model_config(schedule.model, schedule_path.parent).get("pretrained")
             if pretrained:
                 wanted[f"{_model_name(pretrained)} (start)"] = BenchModel(lambda seed: load_model(pretrained), kind="reference")
