@@ -9,6 +9,7 @@ embeddings, the fused AdamW kernel, and the rest (elementwise ops, copies, frame
 
     python benchmarks/profile_step.py                 # the throughput benchmark's CPU sizes
     python benchmarks/profile_step.py --compile       # the same with training.compile: true
+    python benchmarks/profile_step.py --torch-dropout # torch's dropout masks instead of the cheap ones
 
 Prints two tables (phases, operator kinds: ms per step and share of the step) and the top
 operators; the last line is one JSON object. The profiler adds some overhead of its own, so the
@@ -36,7 +37,7 @@ KINDS = [
     ("scaled_dot_product", "attention"), ("_flash_attention", "attention"), ("_efficient_attention", "attention"),
     ("addmm", "matmul"), ("aten::mm", "matmul"), ("aten::bmm", "matmul"), ("matmul", "matmul"), ("linear", "matmul"),
     ("layer_norm", "layernorm"), ("gelu", "gelu"),
-    ("dropout", "dropout"), ("bernoulli", "dropout"),
+    ("dropout", "dropout"), ("bernoulli", "dropout"), ("random_", "dropout"), ("bitwise_and", "dropout"),  # cheap masks
     ("softmax", "softmax/loss"), ("nll_loss", "softmax/loss"), ("cross_entropy", "softmax/loss"),
     ("embedding", "embedding"), ("index_select", "embedding"),
     ("adam", "optimizer"),
@@ -62,6 +63,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--attention-dropout", type=float, default=0.1, metavar="P",
                         help="attention_probs_dropout_prob (0: SDPA's fused CPU kernel instead of the math path)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the backbone (training.compile: true)")
+    parser.add_argument("--torch-dropout", action="store_true", help="torch's bernoulli_ dropout masks (training.fast_dropout: "
+                        "false) instead of the default cheap ones")
     parser.add_argument("--cache-dir", default=None, help="ernie-cl cache (default: the usual one)")
     parser.add_argument("--top", type=int, default=15, help="operators listed by self CPU time")
     return parser.parse_args(argv)
@@ -76,6 +79,7 @@ def build(args, folder: Path):
     from ernie_cl.data.examples import ExampleStream
     from ernie_cl.data.preparation import default_cache_dir, prepare
     from ernie_cl.model.balancing import balancer_from_spec
+    from ernie_cl.model import dropout
     from ernie_cl.model.encoder import ErnieEncoder, build_backbone, compile_backbone
     from ernie_cl.training.engine import create_engine, name_accelerator
 
@@ -92,6 +96,8 @@ def build(args, folder: Path):
     torch.manual_seed(0)
     model = ErnieEncoder(build_backbone(model_cfg, prepared.tokenizer, args.seq), prepared.tasks)
     model.balancers = torch.nn.ModuleList(balancer_from_spec(s.balancing, s.task_names) for s in schedule_cfg.stages)
+    if schedule_cfg.training.fast_dropout:  # as the trainer does on CPU
+        dropout.install(model.backbone)
     if args.compile:
         compile_backbone(model)
     engine = create_engine(model, load_deepspeed_config(schedule_cfg.deepspeed, folder), schedule_cfg.training, 1000)
@@ -138,7 +144,7 @@ def main() -> None:
             kinds[kind_of(e.key)] += e.self_cpu_time_total / 1e3 / args.steps
     profiled = sum(kinds.values())
     print(f"\nstep: {wall * 1e3:.1f} ms under the profiler, {tokens / args.steps:.0f} tokens, "
-          f"threads {args.threads}, compile {args.compile}")
+          f"threads {args.threads}, compile {args.compile}, torch dropout {args.torch_dropout}")
     print(f"\n{'phase':<12}{'ms/step':>10}{'share':>8}")
     for name, ms in phases.items():
         print(f"{name:<12}{ms:>10.1f}{ms / (wall * 1e3):>8.1%}")

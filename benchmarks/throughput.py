@@ -110,6 +110,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "SDPA runs its fused flash kernel only when it is 0, else the unfused math path)")
     parser.add_argument("--compile", action="store_true", help="ours: training.compile: true in the generated schedule")
     parser.add_argument("--hf-compile", action="store_true", help="HF routes: TrainingArguments(torch_compile=True)")
+    parser.add_argument("--torch-dropout", action="store_true", help="ours: training.fast_dropout: false (torch's "
+                        "bernoulli_ dropout masks, as the HF routes draw them) instead of the default cheap masks")
     parser.add_argument("--cache-dir", default=None, help="ernie-cl cache (corpus, tokenizer, examples); default: the usual one")
     parser.add_argument("--route", help=argparse.SUPPRESS)  # internal: run one route in this process
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -139,7 +141,7 @@ def model_config(args) -> dict:
 
 def schedule(args, tasks: list[str], folder: Path, compile_model: bool = False) -> Path:
     """A one-stage schedule of ``tasks`` whose steps cover warm-up + timed steps (explicit budgets);
-    ``compile_model`` sets ``training.compile``."""
+    ``compile_model`` sets ``training.compile``, ``--torch-dropout`` ``training.fast_dropout: false``."""
     import yaml
 
     sentence_tasks = [t for t in tasks if t not in ALL_TASKS[:3]]
@@ -158,6 +160,8 @@ def schedule(args, tasks: list[str], folder: Path, compile_model: bool = False) 
     }
     if compile_model:  # only when asked: a schedule without the key reads as before
         cfg["training"]["compile"] = True
+    if getattr(args, "torch_dropout", False):
+        cfg["training"]["fast_dropout"] = False
     path = folder / "schedule.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
@@ -362,7 +366,7 @@ def summarize(args, rounds: list[dict[str, dict]]) -> dict:
     routes = args.routes.split(",")
     per_route = {route: [r[route] for r in rounds] for route in routes}
     settings = ("hidden", "layers", "heads", "vocab", "batch", "seq", "steps", "warmup", "threads", "device",
-                "precision", "rounds", "attention_dropout", "compile", "hf_compile")
+                "precision", "rounds", "attention_dropout", "compile", "hf_compile", "torch_dropout")
     summary = {"settings": {**{k: getattr(args, k) for k in settings}, "routes": routes},
                "torch": torch.__version__, "flop_formula": FLOP_FORMULA}
     for route, results in per_route.items():

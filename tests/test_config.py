@@ -67,6 +67,16 @@ def test_training_compile_is_off_by_default_and_a_resume_may_switch_it(tmp_path)
     assert "training.compile" in error_of(tmp_path, {**GOOD, "training": {"compile": "sometimes"}})
 
 
+def test_fast_dropout_is_on_by_default_and_a_resume_may_switch_it(tmp_path):
+    from ernie_cl.training.trainer import config_changes
+
+    assert load_schedule(write(tmp_path, GOOD)).training.fast_dropout is True
+    torch_masks = load_schedule(write(tmp_path, {**GOOD, "training": {"fast_dropout": False}}))
+    before = {"schedule": load_schedule(write(tmp_path, GOOD)).model_dump(mode="json")}
+    assert config_changes(before, {"schedule": torch_masks.model_dump(mode="json")}) == []  # which kernel draws the masks
+    assert "training.fast_dropout" in error_of(tmp_path, {**GOOD, "training": {"fast_dropout": "maybe"}})
+
+
 def test_unknown_top_level_key_suggests_the_close_match(tmp_path):
     msg = error_of(tmp_path, {**GOOD, "stagse": []})
     assert "schedule.yaml" in msg and "stagse: unknown key" in msg and "did you mean 'stages'" in msg

@@ -111,6 +111,9 @@ class TrainingConfig(_Strict):
     # torch.compile the backbone (inductor; a frame that fails to compile runs eager). Off by default:
     # compiling costs a minute or more up front and its kernels are not bitwise those of eager mode
     compile: Bool = False
+    # on CPU, dropout masks drawn 4 per serial 64-bit random word instead of torch's bernoulli_ per
+    # element (ernie_cl/model/dropout.py): same distribution, p rounded to 1/32768; GPUs keep torch's
+    fast_dropout: Bool = True
     data_workers: Optional[Int] = Field(default=None, gt=0)  # processes building examples; default: all cores
 
 

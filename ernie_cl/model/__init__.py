@@ -2,7 +2,8 @@
 
 ``encoder`` (a Hugging Face backbone + ERNIE task embeddings + one head per task), ``balancing``
 (loss weighting of the tasks that share a step; its uncertainty weights are model parameters),
-``extras`` (putting an export's task embeddings and heads back when continuing from it).
+``extras`` (putting an export's task embeddings and heads back when continuing from it),
+``dropout`` (cheaper dropout masks for CPU training, ``training.fast_dropout``).
 
 May import: ``ernie_cl.errors`` and ``ernie_cl.data.tokenizer``. Never config, training or
 evaluation (config imports ``balancing`` to validate schedules).

@@ -22,6 +22,7 @@ from ernie_cl.corpus.durable import write_json_durably
 from ernie_cl.data.examples import ExampleStream, to_device
 from ernie_cl.data.preparation import default_cache_dir, prepare
 from ernie_cl.errors import CacheMissingError, CheckpointError, TrainingError
+from ernie_cl.model import dropout
 from ernie_cl.model.balancing import balancer_from_spec
 from ernie_cl.model.encoder import ErnieEncoder, build_backbone, compile_backbone
 from ernie_cl.model.extras import restore_extras
@@ -85,6 +86,8 @@ def train(
     # One loss balancer per stage, registered in the model so that the engine's optimizer steps
     # learned weights (uncertainty) and checkpoints carry every balancer's state.
     model.balancers = torch.nn.ModuleList(balancer_from_spec(s.balancing, s.task_names) for s in schedule.stages)
+    if training.fast_dropout and not torch.cuda.is_available():  # GPUs' own dropout is fused and cheap
+        dropout.install(model.backbone)
     if training.compile:
         compile_backbone(model)
     curriculum = Curriculum(prepared.stages, schedule.seed)
@@ -276,7 +279,7 @@ def _engine_allows_autograd(engine, enabled: bool):
 # Settings that change how a run reports or paces itself, not what it computes: a resume may change them.
 OPERATIONAL_KEYS = {"schedule.training.log_every", "schedule.training.checkpoint_every", "schedule.training.keep_checkpoints",
                     "schedule.training.threads", "schedule.training.data_workers", "schedule.training.eval_batch_size",
-                    "schedule.training.compile"}  # how it runs, not what it computes
+                    "schedule.training.compile", "schedule.training.fast_dropout"}  # how it runs, not what it computes
 
 
 def config_changes(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
