@@ -79,12 +79,13 @@ def _attention(module, query, key, value, attention_mask, dropout: float = 0.0, 
     if not plain:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
-    scores = torch.matmul(query, key.transpose(-1, -2)).mul_(scale)
+    # scale the queries (S x d) rather than the scores (S x S); the mask is added in place (a free
+    # backward), as an additive float mask when SDPA's is boolean (True = may attend)
+    scores = torch.matmul(query * scale, key.transpose(-1, -2))
     if attention_mask is not None:
-        if attention_mask.dtype == torch.bool:  # True = may attend
-            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
-        else:
-            scores = scores + attention_mask
+        if attention_mask.dtype == torch.bool:
+            attention_mask = torch.where(attention_mask, 0.0, torch.finfo(scores.dtype).min).to(scores.dtype)
+        scores = scores.add_(attention_mask)
     probs = cheap_dropout(torch.softmax(scores, dim=-1), dropout)
     return torch.matmul(probs, value).transpose(1, 2).contiguous(), None
 
