@@ -37,19 +37,20 @@ def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.devic
 
 
 class _MaskedScale(torch.autograd.Function):
-    """x * keep / (1 - p), saving only the bool mask for backward."""
+    """x * keep / (1 - p), saving only the bool mask for backward. ``torch.where`` rather than
+    ``x * keep``: on CPU a float x bool product first copies the mask to a float tensor."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
         keep = keep_mask(x.shape, p, x.device)
         ctx.save_for_backward(keep)
         ctx.scale = 1.0 / (1.0 - p)
-        return x.mul(keep).mul_(ctx.scale)
+        return torch.where(keep, x, 0.0).mul_(ctx.scale)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         (keep,) = ctx.saved_tensors
-        return grad.mul(keep).mul_(ctx.scale), None
+        return torch.where(keep, grad, 0.0).mul_(ctx.scale), None
 
 
 def cheap_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
