@@ -20,7 +20,8 @@ count:
 - ``mlm``: ``ernie_cl.training.trainer.train`` (the real trainer, DeepSpeed engine, cached example sets,
   streams) on a generated schedule with one stage training knowledge_masking alone. ``--compile``
   writes ``training.compile: true`` into that schedule (compiled is compared with compiled when
-  ``--hf-compile`` is given too).
+  ``--hf-compile`` is given too); ``--torch-dropout`` writes ``training.fast_dropout: false`` (torch's
+  dropout masks, as the HF routes draw them, instead of ernie-cl's default cheap masks).
 - ``all``: the same with one stage in which all seven tasks are active (the token-level ones
   share forward passes, as ``fuse_token_tasks`` does by default), equal budgets.
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import NoReturn, Optional, Sequence
@@ -298,7 +299,8 @@ def _compare(args: argparse.Namespace) -> int:
     run_comparison(args.schedule, args.out, seeds=args.seeds, strategies=strategies, finetune_tasks=tuple(args.finetune),
                    bench_tasks=bench_tasks, bench_finetune=bench_finetune, bench_options=options,
                    references=not args.no_references, extra_references=tuple(args.reference), balancing=balancing,
-                   wandb_mode=args.wandb, cache_dir=args.cache_dir, show_progress=not args.no_progress)
+                   wandb_mode=args.wandb, cache_dir=args.cache_dir, show_progress=not args.no_progress,
+                   command=args.command_line)
     print(f"ernie-cl: comparison done; see {Path(args.out) / 'report.md'} and {Path(args.out) / 'results.json'}")
     return 0
 
@@ -471,6 +473,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     os.environ.pop("WANDB_SERVICE", None)
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.command_line = shlex.join(["ernie-cl", *(sys.argv[1:] if argv is None else argv)])  # as reports show it
     if not args.command:
         parser.print_help()
         return 2

@@ -117,7 +117,7 @@ def test_a_small_comparison_writes_results_report_and_plots_and_reuses_its_runs(
     # the downstream suite's smallest task keeps the test short; references: random init (no pretrained start here)
     results = run_comparison(path, out, seeds=2, strategies=("sequential", "joint"), finetune_tasks=(str(task_file),),
                              bench_tasks=("bbc_topics",), wandb_mode="offline", cache_dir=tmp_path / "cache",
-                             show_progress=False, log=logs.append)
+                             show_progress=False, log=logs.append, command="ernie-cl compare s.yaml --seeds 2 --bench-tasks bbc_topics")
     assert results["seeds"] == [1, 2] and set(results["strategies"]) == {"sequential", "joint"}
     for name, n_stages in (("sequential", 2), ("joint", 1)):
         entry = results["strategies"][name]
@@ -148,6 +148,9 @@ def test_a_small_comparison_writes_results_report_and_plots_and_reuses_its_runs(
     assert suite["models"]["random init"]["kind"] == "reference"
     assert len(suite["models"]["random init"]["tasks"]["bbc_topics"]["probe"]["values"]) == 2
     assert "## Downstream suite" in report and (out / "downstream" / "report.md").is_file()
+    # both reports show the command as it was given, flags included
+    assert "`ernie-cl compare s.yaml --seeds 2 --bench-tasks bbc_topics`" in report
+    assert "`ernie-cl compare s.yaml --seeds 2 --bench-tasks bbc_topics`" in (out / "downstream" / "report.md").read_text()
     assert (out / "heatmap_sequential.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # one wandb group holds every run of the comparison
     run_files = list(out.glob("runs/*/*/wandb/offline-run-*/run-*.wandb"))

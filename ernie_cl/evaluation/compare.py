@@ -143,6 +143,7 @@ def run_comparison(
     cache_dir: Optional[str | Path] = None,
     show_progress: bool = True,
     log: Callable[[str], None] = print,
+    command: Optional[str] = None,
 ) -> dict[str, Any]:
     """Train and evaluate every strategy with every seed; write results.json, report.md, plots.
 
@@ -151,7 +152,8 @@ def run_comparison(
     compared pairwise on the same splits. ``references``: also score a random-init encoder of the
     same shape and, when the schedule starts from a pretrained encoder, that encoder itself;
     ``extra_references``: more model folders scored the same way (e.g. all-MiniLM-L6-v2 beside a
-    from-scratch schedule)."""
+    from-scratch schedule). ``command``: the command line, as the reports show it (default: one
+    rebuilt from the schedule and ``out_dir``)."""
     for strategy in strategies:
         if strategy not in STRATEGIES:
             raise ConfigError(f"unknown strategy '{strategy}'; choose from {', '.join(STRATEGIES)}")
@@ -174,6 +176,8 @@ def run_comparison(
     group = f"compare-{out_dir.resolve().name}"
     results: dict[str, Any] = {"schedule": str(schedule_path), "tasks": tasks, "seeds": [base_seed + i for i in range(seeds)],
                                "budgets": budgets, "wandb_group": group, "strategies": {}}
+    if command:
+        results["command"] = command
     suite = {"tasks": tuple(BENCH_TASKS if bench_tasks is None else bench_tasks), "finetune": tuple(bench_finetune),
              "options": dict(bench_options or {}), "cache_dir": cache_dir, "show_progress": show_progress}
     # with --balancing, every strategy is trained once per loss-weighting method: "sequential+dwa", ...
