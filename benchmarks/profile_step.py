@@ -78,10 +78,8 @@ def build(args, folder: Path):
     from ernie_cl.config.schedule import load_deepspeed_config, load_model_config, load_schedule
     from ernie_cl.data.examples import ExampleStream
     from ernie_cl.data.preparation import default_cache_dir, prepare
-    from ernie_cl.model.balancing import balancer_from_spec
-    from ernie_cl.model import dropout
-    from ernie_cl.model.encoder import ErnieEncoder, build_backbone, compile_backbone
     from ernie_cl.training.engine import create_engine, name_accelerator
+    from ernie_cl.training.trainer import build_model
 
     args.threads = args.threads or os.cpu_count() or 1
     args.precision = "fp32"
@@ -93,13 +91,7 @@ def build(args, folder: Path):
     model_cfg = load_model_config(schedule_cfg.model, folder)
     cache = Path(args.cache_dir or default_cache_dir())
     prepared = prepare(schedule_cfg, model_cfg, cache, show_progress=False)
-    torch.manual_seed(0)
-    model = ErnieEncoder(build_backbone(model_cfg, prepared.tokenizer, args.seq), prepared.tasks)
-    model.balancers = torch.nn.ModuleList(balancer_from_spec(s.balancing, s.task_names) for s in schedule_cfg.stages)
-    if schedule_cfg.training.fast_dropout:  # as the trainer does on CPU
-        dropout.install(model.backbone)
-    if args.compile:
-        compile_backbone(model)
+    model = build_model(schedule_cfg, model_cfg, prepared)  # as the trainer builds it
     engine = create_engine(model, load_deepspeed_config(schedule_cfg.deepspeed, folder), schedule_cfg.training, 1000)
     stream = ExampleStream(prepared.train_sets["knowledge_masking"], args.batch, 0, "knowledge_masking",
                            prepared.tokenizer.pad_id, False, group=schedule_cfg.training.length_grouping)

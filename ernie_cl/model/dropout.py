@@ -20,6 +20,8 @@ Two places use it:
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -29,9 +31,7 @@ _BITS = 15  # usable uniform bits per 16-bit word of a random_() int64
 
 def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str = "cpu") -> torch.Tensor:
     """A bool tensor of ``shape``, each element True with probability 1 - p (p rounded to 1/32768)."""
-    count = 1
-    for size in shape:
-        count *= size
+    count = math.prod(shape)
     words = torch.empty((count + 3) // 4, dtype=torch.int64, device=device).random_().view(torch.int16)[:count]
     return words.bitwise_and_((1 << _BITS) - 1).ge(round(p * (1 << _BITS))).view(shape)
 

@@ -80,16 +80,7 @@ def train(
                               f"storage every node sees (it is {cache}) and run `ernie-cl prepare` there before "
                               "launching the ranks") from None
     tokenizer, tasks = prepared.tokenizer, prepared.tasks
-    torch.manual_seed(schedule.seed)
-    model = ErnieEncoder(build_backbone(model_cfg, tokenizer, training.seq_len), tasks)
-    restore_extras(model, model_cfg)  # continuing from an ernie-cl export: its task embeddings and heads
-    # One loss balancer per stage, registered in the model so that the engine's optimizer steps
-    # learned weights (uncertainty) and checkpoints carry every balancer's state.
-    model.balancers = torch.nn.ModuleList(balancer_from_spec(s.balancing, s.task_names) for s in schedule.stages)
-    if training.fast_dropout and not torch.cuda.is_available():  # GPUs' own dropout is fused and cheap
-        dropout.install(model.backbone)
-    if training.compile:
-        compile_backbone(model)
+    model = build_model(schedule, model_cfg, prepared)
     curriculum = Curriculum(prepared.stages, schedule.seed)
     engine = create_engine(model, ds_cfg, training, curriculum.total_steps)
     device = engine.device
@@ -274,6 +265,23 @@ def _engine_allows_autograd(engine, enabled: bool):
         yield
     finally:
         engine._running_engine_backward = previous
+
+
+def build_model(schedule, model_cfg: dict[str, Any], prepared) -> ErnieEncoder:
+    """The model a run trains, seeded: backbone + task embeddings + heads (an export's restored),
+    one loss balancer per stage, the cheap dropout masks on CPU, compiled if asked."""
+    training = schedule.training
+    torch.manual_seed(schedule.seed)
+    model = ErnieEncoder(build_backbone(model_cfg, prepared.tokenizer, training.seq_len), prepared.tasks)
+    restore_extras(model, model_cfg)  # continuing from an ernie-cl export: its task embeddings and heads
+    # One loss balancer per stage, registered in the model so that the engine's optimizer steps
+    # learned weights (uncertainty) and checkpoints carry every balancer's state.
+    model.balancers = torch.nn.ModuleList(balancer_from_spec(s.balancing, s.task_names) for s in schedule.stages)
+    if training.fast_dropout and not torch.cuda.is_available():  # GPUs' own dropout is fused and cheap
+        dropout.install(model.backbone)
+    if training.compile:
+        compile_backbone(model)
+    return model
 
 
 # Settings that change how a run reports or paces itself, not what it computes: a resume may change them.
