@@ -32,6 +32,16 @@ class PackedTokenTask(PretrainTask):
     #: be fused with others, which then label that same corrupted input.
     corrupts_input: ClassVar[bool] = False
 
+    #: fill every chunk, cutting the sentence that does not fit (``packing.pack_document``); preparation
+    #: sets it per task from ``training.fill_chunks``
+    fill_chunks: bool = True
+
+    def fingerprint_data(self) -> dict[str, Any]:
+        return {**super().fingerprint_data(), "fill_chunks": self.fill_chunks}
+
+    def chunks(self, doc: Document) -> list[Chunk]:
+        return pack_document(doc, self.tokenizer, self.seq_len, self.fill_chunks)
+
     def label_chunk(self, chunk: Chunk, rng: random.Random) -> tuple[list[int], list[int]]:
         """Input ids and labels aligned with ``chunk.ids`` (no [CLS]/[SEP]); ``IGNORE`` = no target."""
         raise NotImplementedError
@@ -42,7 +52,7 @@ class PackedTokenTask(PretrainTask):
         return [self.label_chunk(chunk, rng) for chunk in chunks]
 
     def build_examples(self, doc: Document, rng: random.Random) -> list[dict[str, list[int]]]:
-        chunks = pack_document(doc, self.tokenizer, self.seq_len)
+        chunks = self.chunks(doc)
         examples = []
         for ids, labels in self.label_chunks(chunks, rng):
             if all(label == IGNORE for label in labels):
@@ -74,6 +84,8 @@ class FusedPackedTasks:
         self.name = "+".join(m.name for m in members)
         self.tokenizer = members[0].tokenizer
         self.seq_len = members[0].seq_len
+        if len({m.fill_chunks for m in members}) > 1:
+            raise ConfigError(f"tasks {', '.join(m.name for m in members)} share a forward pass but not fill_chunks")
         self.label_columns = tuple(f"labels:{m.name}" for m in members)
 
     def fit(self, documents: Sequence[Document]) -> None:
@@ -84,7 +96,7 @@ class FusedPackedTasks:
         return {"fused": [m.fingerprint_data() for m in self.members]}
 
     def build_examples(self, doc: Document, rng: random.Random) -> list[dict[str, list[int]]]:
-        chunks = pack_document(doc, self.tokenizer, self.seq_len)
+        chunks = self.members[0].chunks(doc)
         per_member = [m.label_chunks(chunks, random.Random(rng.getrandbits(64))) for m in self.members]
         examples = []
         for index, chunk in enumerate(chunks):

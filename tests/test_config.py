@@ -77,6 +77,18 @@ def test_fast_dropout_is_on_by_default_and_a_resume_may_switch_it(tmp_path):
     assert "training.fast_dropout" in error_of(tmp_path, {**GOOD, "training": {"fast_dropout": "maybe"}})
 
 
+def test_fill_chunks_is_on_by_default_and_a_checkpoint_from_before_it_ran_without_it(tmp_path):
+    from ernie_cl.training.trainer import config_changes
+
+    assert load_schedule(write(tmp_path, GOOD)).training.fill_chunks is True
+    whole = load_schedule(write(tmp_path, {**GOOD, "training": {"fill_chunks": False}})).model_dump(mode="json")
+    filled = load_schedule(write(tmp_path, GOOD)).model_dump(mode="json")
+    older = {"schedule": {**whole, "training": {k: v for k, v in whole["training"].items() if k != "fill_chunks"}}}
+    assert config_changes(older, {"schedule": whole}) == []  # the key is new; older runs kept sentences whole
+    assert config_changes(older, {"schedule": filled}) == ["schedule.training.fill_chunks: false -> true"]
+    assert config_changes({"schedule": whole}, {"schedule": filled}) == ["schedule.training.fill_chunks: false -> true"]
+
+
 def test_unknown_top_level_key_suggests_the_close_match(tmp_path):
     msg = error_of(tmp_path, {**GOOD, "stagse": []})
     assert "schedule.yaml" in msg and "stagse: unknown key" in msg and "did you mean 'stages'" in msg

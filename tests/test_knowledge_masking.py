@@ -83,10 +83,12 @@ def test_units_partition_the_chunk_and_follow_the_level(tokenizer, rich_document
         if spans_of is None:
             assert units == word_tokens  # whole-word units
         else:
-            for group in span_word_groups(chunk, spans_of):
+            groups = span_word_groups(chunk, spans_of)
+            for group in groups:
                 tokens = [pos for w in group for pos in word_tokens[w]]
                 assert tokens in units  # the span is one unit, not one unit per word
-            assert len(units) < len(word_tokens)
+            if any(len(group) > 1 for group in groups):
+                assert len(units) < len(word_tokens)
 
 
 def test_overlapping_spans_keep_the_longest_and_still_partition(tokenizer, annotated):

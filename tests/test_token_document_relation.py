@@ -71,7 +71,8 @@ def test_a_word_repeated_inside_one_segment_only_is_not_elsewhere(tokenizer):
     sentences = ["paris visited paris the river.", "london garden.", "the bridge.", "london harbour."]
     doc = Document("d", "T", [Section("", [[Sentence(t) for t in sentences]])])
     task = get_task_class("token_document_relation")(tokenizer, 12)
-    chunks = pack_document(doc, tokenizer, 12)
+    task.fill_chunks = False  # whole sentences, so the segments are the ones asserted below
+    chunks = pack_document(doc, tokenizer, 12, fill=False)
     assert [[s.text for s in c.sentences] for c in chunks] == [sentences[:2], sentences[2:]]
     labelled: dict[str, set[int]] = {}
     for chunk, example in zip(chunks, task.build_examples(doc, random.Random(0))):

@@ -138,7 +138,7 @@ def prepare(
 def _prepare(schedule: ScheduleConfig, model_cfg: dict[str, Any], cache_dir: Optional[Path],
              task_names: Optional[list[str]], show_progress: bool, workers: int, build: bool = True) -> Prepared:
     from pretrain_tasks import get_task_class
-    from pretrain_tasks._packed import FusedPackedTasks
+    from pretrain_tasks._packed import FusedPackedTasks, PackedTokenTask
 
     cache_dir = Path(cache_dir or default_cache_dir())
     report: list[dict[str, Any]] = []
@@ -153,6 +153,8 @@ def _prepare(schedule: ScheduleConfig, model_cfg: dict[str, Any], cache_dir: Opt
     for name in names:
         options = schedule.tasks[name].options if name in schedule.tasks else {}
         tasks[name] = get_task_class(name)(tokenizer, seq_len, options)
+        if isinstance(tasks[name], PackedTokenTask):
+            tasks[name].fill_chunks = schedule.training.fill_chunks
     stages = plan_stages(schedule)
     prepared = Prepared(corpus, tokenizer, tasks, stages, report=report)
     common = dict(seed=schedule.seed, corpus_fingerprint=corpus.fingerprint, cache_dir=cache_dir, workers=workers,
