@@ -22,7 +22,7 @@ from ernie_cl.corpus.durable import write_json_durably
 from ernie_cl.data.examples import ExampleStream, to_device
 from ernie_cl.data.preparation import default_cache_dir, prepare
 from ernie_cl.errors import CacheMissingError, CheckpointError, TrainingError
-from ernie_cl.model import dropout
+from ernie_cl.model import attention, dropout
 from ernie_cl.model.balancing import balancer_from_spec
 from ernie_cl.model.encoder import ErnieEncoder, build_backbone, compile_backbone
 from ernie_cl.model.extras import restore_extras
@@ -269,7 +269,7 @@ def _engine_allows_autograd(engine, enabled: bool):
 
 def build_model(schedule, model_cfg: dict[str, Any], prepared) -> ErnieEncoder:
     """The model a run trains, seeded: backbone + task embeddings + heads (an export's restored),
-    one loss balancer per stage, the cheap dropout masks on CPU, compiled if asked."""
+    one loss balancer per stage, the cheap dropout masks and per-head attention on CPU, compiled if asked."""
     training = schedule.training
     torch.manual_seed(schedule.seed)
     model = ErnieEncoder(build_backbone(model_cfg, prepared.tokenizer, training.seq_len), prepared.tasks)
@@ -279,6 +279,7 @@ def build_model(schedule, model_cfg: dict[str, Any], prepared) -> ErnieEncoder:
     model.balancers = torch.nn.ModuleList(balancer_from_spec(s.balancing, s.task_names) for s in schedule.stages)
     if training.fast_dropout and not torch.cuda.is_available():  # GPUs' own dropout is fused and cheap
         dropout.install(model.backbone)
+        attention.install(model.backbone)
     if training.compile:
         compile_backbone(model)
     return model
@@ -288,6 +289,8 @@ def build_model(schedule, model_cfg: dict[str, Any], prepared) -> ErnieEncoder:
 OPERATIONAL_KEYS = {"schedule.training.log_every", "schedule.training.checkpoint_every", "schedule.training.keep_checkpoints",
                     "schedule.training.threads", "schedule.training.data_workers", "schedule.training.eval_batch_size",
                     "schedule.training.compile", "schedule.training.fast_dropout"}  # how it runs, not what it computes
+# settings added after checkpoints were already being written: the value such a checkpoint ran with
+EARLIER_BEHAVIOUR = {"schedule.training.fill_chunks": False}  # (a missing key; a changed default shows as a change)
 
 
 def config_changes(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
@@ -295,7 +298,7 @@ def config_changes(saved: dict[str, Any], current: dict[str, Any], prefix: str =
     changes = []
     for key in sorted(set(saved) | set(current), key=str):
         path = f"{prefix}{key}"
-        old, new = saved.get(key, "<unset>"), current.get(key, "<unset>")
+        old, new = saved.get(key, EARLIER_BEHAVIOUR.get(path, "<unset>")), current.get(key, "<unset>")
         if isinstance(old, dict) and isinstance(new, dict):
             changes += config_changes(old, new, f"{path}.")
         elif old != new and path not in OPERATIONAL_KEYS:
