@@ -46,14 +46,19 @@ outside all of them.
 
 Model arithmetic (FLOP per step, forward + backward = 3 x forward, matmuls only)::
 
-    3 * [T * L * (8 h^2 + 4 h f + 4 S h) + D * (2 h^2 + 2 h V)]
+    3 * [T * L * (8 h^2 + 4 h f) + A * L * 4 h + D * (2 h^2 + 2 h V)]
 
-T input tokens, L layers, h hidden, f intermediate size, S sequence length (keys attended), V
-vocabulary, D positions the MLM head decodes: every position in the HF routes (their
-full-vocabulary output layer), the masked targets in ours (counted exactly over the timed batches).
+T input tokens, L layers, h hidden, f intermediate size, A (query, key) pairs of real tokens that
+attention scores (the sum of each sequence's length squared: T x ``--seq`` for the HF routes, whose
+blocks are all full; padding counts nowhere), V vocabulary, D positions the MLM head decodes: every
+position in the HF routes (their full-vocabulary output layer), the masked targets in ours. Ours
+counts A and D exactly over the timed batches, replayed from the task's stream (their token count
+must equal the trainer's ``tokens_seen``, or the benchmark stops).
 ``matmul_peak_gflops`` is the best fp32 (or bf16) ``torch.mm`` rate of square 2048 matrices on the
 same threads, measured once per round (route ``peak``, a few seconds) and reported as median and
-spread; ``ours_mlm_peak_fraction`` is median ours_mlm model GFLOP/s over the median peak.
+spread; ``ours_mlm_peak_fraction`` is median ours_mlm model GFLOP/s over the median peak, and the
+per-round fraction (its median and range) divides each round's figure by the peak measured just
+before it (the host's speed drifts within a run; a pair a few seconds apart shares the drift).
 
     python benchmarks/throughput.py                       # the issue's CPU settings, 5 rounds
     python benchmarks/throughput.py --rounds 9            # a narrower spread on a busy machine
@@ -83,7 +88,8 @@ STANDALONE = Path(__file__).resolve().parent / "hf_mlm_standalone.py"
 ALL_TASKS = ["knowledge_masking", "capitalization", "token_document_relation", "sentence_reordering",
              "sentence_distance", "discourse_relation", "ir_relevance"]
 PRESETS = {"base": {"hidden": 768, "layers": 12, "heads": 12}}  # BERT-base sizes
-FLOP_FORMULA = "3*[T*L*(8h^2+4hf+4Sh) + D*(2h^2+2hV)]; D = decoded positions (HF: all T, ours: masked targets)"
+FLOP_FORMULA = ("3*[T*L*(8h^2+4hf) + A*L*4h + D*(2h^2+2hV)]; A = sum of sequence lengths squared (HF: T*seq), "
+                "D = decoded positions (HF: all T, ours: masked targets)")
 ROUTE_KEYS = {"hf": "hf", "standalone": "standalone", "mlm": "ours_mlm", "all": "ours_all"}  # route -> summary key
 
 
@@ -168,9 +174,11 @@ def schedule(args, tasks: list[str], folder: Path, compile_model: bool = False) 
     return path
 
 
-def decoder_flops(args, tokens: float, decoded: float) -> float:
-    h, f, L, S, V = args.hidden, 4 * args.hidden, args.layers, args.seq, args.vocab
-    return 3 * (tokens * L * (8 * h * h + 4 * h * f + 4 * S * h) + decoded * (2 * h * h + 2 * h * V))
+def decoder_flops(args, tokens: float, decoded: float, attended: float | None = None) -> float:
+    """Model FLOP of forward + backward (module docstring); ``attended`` defaults to full blocks."""
+    h, f, L, V = args.hidden, 4 * args.hidden, args.layers, args.vocab
+    attended = tokens * args.seq if attended is None else attended
+    return 3 * (tokens * L * (8 * h * h + 4 * h * f) + attended * L * 4 * h + decoded * (2 * h * h + 2 * h * V))
 
 
 def run_ours(args, tasks: list[str]) -> dict:
@@ -190,14 +198,18 @@ def run_ours(args, tasks: list[str]) -> dict:
                   "data_wait_share": sum(r["data_wait_s"] for r in timed) / seconds,
                   "step_time_s": seconds / len(timed), "tasks_per_step": [r["task"] for r in timed]}
         if tasks == ["knowledge_masking"]:
-            decoded = masked_targets(args, path, cache, args.warmup, len(timed))
-            result["decoded_positions"] = decoded
-            result["model_gflops"] = decoder_flops(args, tokens, decoded) / seconds / 1e9
+            counted = timed_batches(args, path, cache, args.warmup, len(timed))
+            if counted["tokens"] != tokens:
+                raise SystemExit(f"throughput.py: the replayed batches hold {counted['tokens']} tokens, the trainer saw "
+                                 f"{tokens}: the replay no longer follows the trainer's stream")
+            result["decoded_positions"], result["attended_pairs"] = counted["decoded"], counted["attended"]
+            result["model_gflops"] = decoder_flops(args, tokens, counted["decoded"], counted["attended"]) / seconds / 1e9
     return result
 
 
-def masked_targets(args, schedule_path: Path, cache, skip: int, count: int) -> int:
-    """Masked targets in the timed batches: the knowledge_masking stream replayed from its start."""
+def timed_batches(args, schedule_path: Path, cache, skip: int, count: int) -> dict[str, int]:
+    """Tokens, attended (query, key) pairs and masked targets of the timed batches: the
+    knowledge_masking stream replayed from its start, length grouping included, as the trainer reads it."""
     from ernie_cl.config.schedule import load_model_config, load_schedule
     from ernie_cl.data.examples import ExampleStream, IGNORE
     from ernie_cl.data.preparation import default_cache_dir, prepare
@@ -206,9 +218,11 @@ def masked_targets(args, schedule_path: Path, cache, skip: int, count: int) -> i
     prepared = prepare(sched, load_model_config(sched.model, schedule_path.parent), Path(cache or default_cache_dir()),
                        show_progress=False)
     stream = ExampleStream(prepared.train_sets["knowledge_masking"], args.batch, sched.seed, "knowledge_masking",
-                           prepared.tokenizer.pad_id, False)
+                           prepared.tokenizer.pad_id, False, group=sched.training.length_grouping)
     batches = [stream.next_batch() for _ in range(skip + count)][skip:]
-    return int(sum((b["labels"]["knowledge_masking"] != IGNORE).sum() for b in batches))
+    lengths = [b["attention_mask"].sum(1) for b in batches]
+    return {"tokens": int(sum(n.sum() for n in lengths)), "attended": int(sum((n * n).sum() for n in lengths)),
+            "decoded": int(sum((b["labels"]["knowledge_masking"] != IGNORE).sum() for b in batches))}
 
 
 def run_hf(args) -> dict:
@@ -324,10 +338,15 @@ def standalone_command(args) -> list[str]:
 
 
 def run_round(args, argv: list[str], number: int) -> dict[str, dict]:
-    """One round: the matmul peak, then every route once, in ``--routes`` order, each in its own process."""
-    results = {"peak": in_subprocess(argv, "peak")}
-    for route in args.routes.split(","):
+    """One round: every route once, in ``--routes`` order, each in its own process, and the matmul peak
+    right before the ``mlm`` route (first, without it), so that each round's peak fraction compares two
+    measurements taken a few seconds apart."""
+    routes = args.routes.split(",")
+    results = {} if "mlm" in routes else {"peak": in_subprocess(argv, "peak")}
+    for route in routes:
         print(f"throughput: round {number}/{args.rounds}, route {route}", file=sys.stderr, flush=True)
+        if route == "mlm":
+            results["peak"] = in_subprocess(argv, "peak")
         if route == "standalone":
             results[route] = run_child(standalone_command(args), route)
         else:
@@ -386,6 +405,8 @@ def summarize(args, rounds: list[dict[str, dict]]) -> dict:
     if "mlm" in per_route:
         peak = summary["matmul_peak_gflops"]["median"]
         summary["ours_mlm_peak_fraction"] = summary["ours_mlm"]["model_gflops"] / peak
+        fractions = [r["mlm"]["model_gflops"] / r["peak"]["gflops"] for r in rounds]
+        summary["ours_mlm_peak_fraction_rounds"] = {"values": fractions, **summarize_rounds(fractions)}
         first = per_route["mlm"][0]  # the masking stream is seeded: every round decodes the same positions
         summary["ours_mlm_decoded_fraction"] = first["decoded_positions"] / first["tokens"]
     return summary
@@ -412,7 +433,9 @@ def table(summary: dict) -> str:
     line = (f"matmul peak: {peak['median']:.1f} GFLOP/s [{peak['min']:.1f}, {peak['max']:.1f}], "
             f"spread {peak['spread']:.1%}")
     if "ours_mlm_peak_fraction" in summary:
-        line += f"; ours_mlm at {summary['ours_mlm_peak_fraction']:.1%} of it"
+        per = summary["ours_mlm_peak_fraction_rounds"]
+        line += (f"; ours_mlm at {summary['ours_mlm_peak_fraction']:.1%} of it (of medians); per round "
+                 f"{per['median']:.1%} [{per['min']:.1%}, {per['max']:.1%}]")
     lines.append(line)
     for route in ("mlm", "all"):
         if f"ratio_{route}" in summary:
