@@ -1,12 +1,12 @@
-"""training.fast_dropout: the cheap dropout masks (ernie_cl/model/dropout.py) and their wiring
-(the attention function itself: test_attention.py)."""
+"""training.fast_dropout: the cheap dropout masks (ernie_cl/model/dropout.py) and their wiring."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from ernie_cl.model import attention, dropout
+from ernie_cl.model import dropout
 
 
 def tiny_bert(attention_dropout: float = 0.1, hidden_dropout: float = 0.1):
@@ -56,13 +56,32 @@ def test_cheap_dropout_scales_kept_elements_and_routes_the_gradient_through_the_
     assert torch.equal(dropout.cheap_dropout(x, 1.0), torch.zeros_like(x))
 
 
+def test_the_attention_math_path_is_sdpa_when_nothing_is_dropped():
+    """With p below 1/65536 the cheap mask keeps everything, so the math path must give what SDPA
+    gives: same mask meaning (True = attend), same scaling, same output layout [B, S, H, d]."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 4, 6, 8) for _ in range(3))
+    mask = torch.ones(2, 1, 6, 6, dtype=torch.bool)
+    mask[1, :, :, 4:] = False  # padding in the second sequence
+    module = torch.nn.Module()
+    ours, _ = dropout._attention(module, q, k, v, mask, dropout=1e-9, scaling=0.3)
+    stock = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.3).transpose(1, 2)
+    assert ours.shape == (2, 6, 4, 8) and torch.allclose(ours, stock, atol=1e-6)
+    torch.manual_seed(5)
+    dropped, _ = dropout._attention(module, q, k, v, mask, dropout=0.5, scaling=0.3)
+    torch.manual_seed(5)
+    keep = dropout.keep_mask((2, 4, 6, 6), 0.5)
+    probs = torch.softmax((q @ k.transpose(-1, -2) * 0.3).masked_fill(~mask, torch.finfo(q.dtype).min), -1)
+    assert torch.allclose(dropped, ((probs * keep / 0.5) @ v).transpose(1, 2), atol=1e-6)
+
+
 def test_install_swaps_every_dropout_keeps_the_weights_and_matches_the_stock_model_in_eval():
     stock, cheap = tiny_bert(), tiny_bert()
     # embeddings + per layer: attention probabilities (only its p is read, SDPA gets it), attention output, feed-forward
-    assert dropout.install(cheap) == 1 + 3 * 2 and attention.install(cheap)
+    assert dropout.install(cheap) == 1 + 3 * 2
     assert not any(type(m) is torch.nn.Dropout for m in cheap.modules())
     assert list(cheap.state_dict()) == list(stock.state_dict())
-    assert cheap.config._attn_implementation == attention.ATTENTION_NAME
+    assert cheap.config._attn_implementation == dropout.ATTENTION_NAME
     assert "attn_implementation" not in str(cheap.config.to_dict())  # an export's config.json stays plain
     ids = torch.randint(1, 50, (3, 12))
     mask = torch.ones_like(ids)
@@ -76,7 +95,6 @@ def test_install_swaps_every_dropout_keeps_the_weights_and_matches_the_stock_mod
 def test_a_training_step_of_the_installed_model_drops_and_is_reproducible():
     model = tiny_bert()
     dropout.install(model)
-    attention.install(model)
     model.train()
     ids = torch.randint(1, 50, (3, 12))
     mask = torch.ones_like(ids)

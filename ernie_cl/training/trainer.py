@@ -22,7 +22,7 @@ from ernie_cl.corpus.durable import write_json_durably
 from ernie_cl.data.examples import ExampleStream, to_device
 from ernie_cl.data.preparation import default_cache_dir, prepare
 from ernie_cl.errors import CacheMissingError, CheckpointError, TrainingError
-from ernie_cl.model import attention, dropout
+from ernie_cl.model import dropout
 from ernie_cl.model.balancing import balancer_from_spec
 from ernie_cl.model.encoder import ErnieEncoder, build_backbone, compile_backbone
 from ernie_cl.model.extras import restore_extras
@@ -269,7 +269,7 @@ def _engine_allows_autograd(engine, enabled: bool):
 
 def build_model(schedule, model_cfg: dict[str, Any], prepared) -> ErnieEncoder:
     """The model a run trains, seeded: backbone + task embeddings + heads (an export's restored),
-    one loss balancer per stage, the cheap dropout masks and per-head attention on CPU, compiled if asked."""
+    one loss balancer per stage, the cheap dropout masks on CPU, compiled if asked."""
     training = schedule.training
     torch.manual_seed(schedule.seed)
     model = ErnieEncoder(build_backbone(model_cfg, prepared.tokenizer, training.seq_len), prepared.tasks)
@@ -279,7 +279,6 @@ def build_model(schedule, model_cfg: dict[str, Any], prepared) -> ErnieEncoder:
     model.balancers = torch.nn.ModuleList(balancer_from_spec(s.balancing, s.task_names) for s in schedule.stages)
     if training.fast_dropout and not torch.cuda.is_available():  # GPUs' own dropout is fused and cheap
         dropout.install(model.backbone)
-        attention.install(model.backbone)
     if training.compile:
         compile_backbone(model)
     return model
