@@ -89,6 +89,24 @@ def test_fill_chunks_is_on_by_default_and_a_checkpoint_from_before_it_ran_withou
     assert config_changes({"schedule": whole}, {"schedule": filled}) == ["schedule.training.fill_chunks: false -> true"]
 
 
+def test_config_files_are_compared_by_content_not_location():
+    """A checkout moved elsewhere (compare writes absolute config paths) still resumes; a changed
+    DeepSpeed config does not, and a checkpoint written before the content was recorded is not refused."""
+    from ernie_cl.training.trainer import config_changes
+
+    def identity(root: str, ds: dict) -> dict:
+        return {"schedule": {"model": f"{root}/configs/model/tiny.yaml", "deepspeed": f"{root}/configs/deepspeed/zero0.json",
+                             "training": {"lr": 0.001}}, "model": {"hidden_size": 64}, "deepspeed": ds}
+
+    zero0 = {"zero_optimization": {"stage": 0}}
+    assert config_changes(identity("/work/a", zero0), identity("/srv/b", zero0)) == []
+    assert config_changes(identity("/work/a", zero0), identity("/work/a", {"zero_optimization": {"stage": 2}})) == [
+        "deepspeed.zero_optimization.stage: 0 -> 2"]
+    older = identity("/work/a", zero0)
+    del older["deepspeed"]
+    assert config_changes(older, identity("/srv/b", zero0)) == []
+
+
 def test_unknown_top_level_key_suggests_the_close_match(tmp_path):
     msg = error_of(tmp_path, {**GOOD, "stagse": []})
     assert "schedule.yaml" in msg and "stagse: unknown key" in msg and "did you mean 'stages'" in msg

@@ -9,6 +9,7 @@ is rewritten. Every step goes to ``metrics.jsonl``, the progress bar and wandb.
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import os
 import time
@@ -62,7 +63,9 @@ def train(
     distributed.start()  # before anything that reads or writes shared files: ranks take turns below
     distributed.check_schedule(schedule)
     torch.set_num_threads(training.threads or distributed.cores_per_process())
-    identity = {"schedule": schedule.model_dump(mode="json"), "model": model_cfg}
+    # what the run computes: the schedule, and the model and DeepSpeed configs by content (their file
+    # paths are where they lie, not what they say: a moved checkout still resumes)
+    identity = {"schedule": schedule.model_dump(mode="json"), "model": model_cfg, "deepspeed": copy.deepcopy(ds_cfg)}
 
     resume_from = ckpt.resolve_resume(resume, run_dir) if resume else None
     if resume == "auto" and resume_from is None:
@@ -290,6 +293,8 @@ OPERATIONAL_KEYS = {"schedule.training.log_every", "schedule.training.checkpoint
                     "schedule.training.compile", "schedule.training.fast_dropout"}  # how it runs, not what it computes
 # settings added after checkpoints were already being written: the value such a checkpoint ran with
 EARLIER_BEHAVIOUR = {"schedule.training.fill_chunks": False}  # (a missing key; a changed default shows as a change)
+# config file locations, compared by content instead (identity "model" and "deepspeed")
+LOCATION_KEYS = {"schedule.model", "schedule.deepspeed"}
 
 
 def config_changes(saved: dict[str, Any], current: dict[str, Any], prefix: str = "") -> list[str]:
@@ -297,6 +302,8 @@ def config_changes(saved: dict[str, Any], current: dict[str, Any], prefix: str =
     changes = []
     for key in sorted(set(saved) | set(current), key=str):
         path = f"{prefix}{key}"
+        if path in LOCATION_KEYS or (path == "deepspeed" and key not in saved):  # older checkpoints: no content
+            continue
         old, new = saved.get(key, EARLIER_BEHAVIOUR.get(path, "<unset>")), current.get(key, "<unset>")
         if isinstance(old, dict) and isinstance(new, dict):
             changes += config_changes(old, new, f"{path}.")
