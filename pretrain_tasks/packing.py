@@ -1,9 +1,10 @@
 """Packing a document's consecutive sentences into full-length token sequences, with a word map.
 
 Token-level tasks (knowledge masking, capitalization, token-document relation) all read the same
-kind of input: ``[CLS] sentence sentence ... [SEP]`` filled up to ``seq_len`` so no compute is
-spent on padding (a sentence that does not fit goes on in the next chunk). Each chunk keeps, for every word, where its sub-tokens sit and which characters
-of which sentence it covers, so tasks can label words and map entity/phrase spans onto tokens.
+kind of input: ``[CLS] sentence sentence ... [SEP]`` filled up to ``seq_len`` so little compute is
+spent on padding (a sentence that does not fit goes on in the next chunk). Each chunk keeps, for
+every word, where its sub-tokens sit and which characters of which sentence it covers, so tasks can
+label words and map entity/phrase spans onto tokens.
 """
 
 from __future__ import annotations
