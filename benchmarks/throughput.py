@@ -25,6 +25,13 @@ count:
 - ``all``: the same with one stage in which all seven tasks are active (the token-level ones
   share forward passes, as ``fuse_token_tasks`` does by default), equal budgets.
 
+Heap. ernie-cl keeps the memory a step frees for the next step's tensors (``training.reuse_heap``,
+on by default: glibc's mmap and trim thresholds raised, ``ernie_cl/training/allocator.py``). With
+``--heap reuse`` (the default) the HF routes and the peak get the same thresholds through glibc's
+environment variables (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``), so the baseline runs
+at its best too; ``--heap release`` runs every route with glibc's defaults (ours with
+``training.reuse_heap: false``).
+
 Rounds. The routes run interleaved, ``--rounds`` times (default 5): peak hf standalone mlm all,
 peak hf standalone mlm all, ..., so a slow drift of the machine reaches every route alike. For each
 route the table gives the median tokens/s over the rounds, the slowest and the fastest round and the
@@ -119,6 +126,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--hf-compile", action="store_true", help="HF routes: TrainingArguments(torch_compile=True)")
     parser.add_argument("--torch-dropout", action="store_true", help="ours: training.fast_dropout: false (torch's "
                         "bernoulli_ dropout masks, as the HF routes draw them) instead of the default cheap masks")
+    parser.add_argument("--heap", choices=["reuse", "release"], default="reuse", help="reuse (default): every route keeps "
+                        "freed memory for the next step (ours: training.reuse_heap; the HF routes and the peak: glibc's "
+                        "MALLOC_*_THRESHOLD_ variables); release: glibc's defaults everywhere")
     parser.add_argument("--cache-dir", default=None, help="ernie-cl cache (corpus, tokenizer, examples); default: the usual one")
     parser.add_argument("--route", help=argparse.SUPPRESS)  # internal: run one route in this process
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -169,6 +179,8 @@ def schedule(args, tasks: list[str], folder: Path, compile_model: bool = False) 
         cfg["training"]["compile"] = True
     if getattr(args, "torch_dropout", False):
         cfg["training"]["fast_dropout"] = False
+    if getattr(args, "heap", "reuse") == "release":
+        cfg["training"]["reuse_heap"] = False
     path = folder / "schedule.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return path
@@ -309,18 +321,29 @@ def run_route(args) -> dict:
     return run_ours(args, ["knowledge_masking"] if args.route == "mlm" else ALL_TASKS)
 
 
-def run_child(command: list[str], route: str) -> dict:
+def heap_environment(args, route: str) -> dict[str, str]:
+    """The child's environment: with ``--heap reuse``, processes that do not run ernie-cl's trainer
+    (the HF routes, the peak) get ``training.reuse_heap``'s thresholds from glibc's variables."""
+    from ernie_cl.training.allocator import MMAP_THRESHOLD, TRIM_THRESHOLD
+
+    env = dict(os.environ)
+    if args.heap == "reuse" and route not in ("mlm", "all"):
+        env.update(MALLOC_MMAP_THRESHOLD_=str(MMAP_THRESHOLD), MALLOC_TRIM_THRESHOLD_=str(TRIM_THRESHOLD))
+    return env
+
+
+def run_child(command: list[str], route: str, env: dict[str, str]) -> dict:
     """Run one route's process and read the JSON it writes to ``--out``; a failed route stops the benchmark."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        done = subprocess.run([*command, "--out", str(out)], cwd=ROOT)
+        done = subprocess.run([*command, "--out", str(out)], cwd=ROOT, env=env)
         if done.returncode:
             sys.exit(f"throughput: route {route!r} failed (exit status {done.returncode}); its output is above")
         return json.loads(out.read_text())
 
 
-def in_subprocess(argv: list[str], route: str) -> dict:
-    return run_child([sys.executable, __file__, *argv, "--route", route], route)
+def in_subprocess(args, argv: list[str], route: str) -> dict:
+    return run_child([sys.executable, __file__, *argv, "--route", route], route, heap_environment(args, route))
 
 
 def standalone_command(args) -> list[str]:
@@ -342,15 +365,15 @@ def run_round(args, argv: list[str], number: int) -> dict[str, dict]:
     right before the ``mlm`` route (first, without it), so that each round's peak fraction compares two
     measurements taken a few seconds apart."""
     routes = args.routes.split(",")
-    results = {} if "mlm" in routes else {"peak": in_subprocess(argv, "peak")}
+    results = {} if "mlm" in routes else {"peak": in_subprocess(args, argv, "peak")}
     for route in routes:
         print(f"throughput: round {number}/{args.rounds}, route {route}", file=sys.stderr, flush=True)
         if route == "mlm":
-            results["peak"] = in_subprocess(argv, "peak")
+            results["peak"] = in_subprocess(args, argv, "peak")
         if route == "standalone":
-            results[route] = run_child(standalone_command(args), route)
+            results[route] = run_child(standalone_command(args), route, heap_environment(args, route))
         else:
-            results[route] = in_subprocess(argv, route)
+            results[route] = in_subprocess(args, argv, route)
     return results
 
 
@@ -386,7 +409,7 @@ def summarize(args, rounds: list[dict[str, dict]]) -> dict:
     routes = args.routes.split(",")
     per_route = {route: [r[route] for r in rounds] for route in routes}
     settings = ("hidden", "layers", "heads", "vocab", "batch", "seq", "steps", "warmup", "threads", "device",
-                "precision", "rounds", "attention_dropout", "compile", "hf_compile", "torch_dropout")
+                "precision", "rounds", "attention_dropout", "compile", "hf_compile", "torch_dropout", "heap")
     summary = {"settings": {**{k: getattr(args, k) for k in settings}, "routes": routes},
                "torch": torch.__version__, "flop_formula": FLOP_FORMULA}
     for route, results in per_route.items():

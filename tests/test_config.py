@@ -193,3 +193,15 @@ def test_cli_lists_registered_tasks_one_a_line():
 def test_cli_unknown_task_name_lists_known_tasks():
     result = run_cli("tasks", "nope")
     assert result.returncode == 2 and "known tasks:" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_reuse_heap_is_on_by_default_and_a_resume_may_switch_it(tmp_path):
+    from ernie_cl.training.trainer import config_changes
+
+    assert load_schedule(write(tmp_path, GOOD)).training.reuse_heap is True
+    released = load_schedule(write(tmp_path, {**GOOD, "training": {"reuse_heap": False}})).model_dump(mode="json")
+    current = load_schedule(write(tmp_path, GOOD)).model_dump(mode="json")
+    older = {"schedule": {**current, "training": {k: v for k, v in current["training"].items() if k != "reuse_heap"}}}
+    assert config_changes({"schedule": current}, {"schedule": released}) == []  # where tensors lie, not what is computed
+    assert config_changes(older, {"schedule": current}) == []  # checkpoints from before the key resume
+    assert "training.reuse_heap" in error_of(tmp_path, {**GOOD, "training": {"reuse_heap": "lots"}})

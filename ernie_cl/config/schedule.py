@@ -118,6 +118,9 @@ class TrainingConfig(_Strict):
     # on CPU, dropout masks drawn 4 per serial 64-bit random word instead of torch's bernoulli_ per
     # element (ernie_cl/model/dropout.py): same distribution, p rounded to 1/32768; GPUs keep torch's
     fast_dropout: Bool = True
+    # keep memory a step frees in the process for the next step's tensors (glibc's mmap and trim
+    # thresholds raised; ernie_cl/training/allocator.py) instead of new kernel pages every step
+    reuse_heap: Bool = True
     data_workers: Optional[Int] = Field(default=None, gt=0)  # processes building examples; default: all cores
 
 

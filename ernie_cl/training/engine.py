@@ -16,6 +16,7 @@ import torch
 
 from ernie_cl.config.schedule import TrainingConfig
 from ernie_cl.errors import ConfigError
+from ernie_cl.training.allocator import keep_freed_memory
 
 
 def _free_port() -> int:
@@ -105,6 +106,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, 
 def create_engine(model: torch.nn.Module, ds_cfg: dict[str, Any], training: TrainingConfig, total_steps: int):
     import deepspeed
 
+    if training.reuse_heap:  # from here on the process trains: steps free and allocate the same tensors
+        keep_freed_memory()
     init_distributed()
     config = merged_ds_config(ds_cfg, training)
     # fused: one kernel over all parameters instead of ~10 elementwise passes per tensor (the

@@ -290,7 +290,8 @@ def build_model(schedule, model_cfg: dict[str, Any], prepared) -> ErnieEncoder:
 # Settings that change how a run reports or paces itself, not what it computes: a resume may change them.
 OPERATIONAL_KEYS = {"schedule.training.log_every", "schedule.training.checkpoint_every", "schedule.training.keep_checkpoints",
                     "schedule.training.threads", "schedule.training.data_workers", "schedule.training.eval_batch_size",
-                    "schedule.training.compile", "schedule.training.fast_dropout"}  # how it runs, not what it computes
+                    "schedule.training.compile", "schedule.training.fast_dropout",
+                    "schedule.training.reuse_heap"}  # how it runs, not what it computes
 # settings added after checkpoints were already being written: the value such a checkpoint ran with
 EARLIER_BEHAVIOUR = {"schedule.training.fill_chunks": False}  # (a missing key; a changed default shows as a change)
 # config file locations, compared by content instead (identity "model" and "deepspeed")
