@@ -49,6 +49,9 @@ def parse_variant(text: str) -> tuple[str, dict]:
         if not eq:
             raise argparse.ArgumentTypeError(f"--variant {text!r}: {item!r} is not key=value")
         overrides[key.strip()] = yaml.safe_load(value)
+    if "reuse_heap" in overrides:  # glibc's thresholds are the process's, not an engine's
+        raise argparse.ArgumentTypeError(f"--variant {text!r}: reuse_heap applies to the whole process, so it cannot "
+                                         "differ between variants here; compare it with throughput.py --heap reuse|release")
     return name, overrides
 
 

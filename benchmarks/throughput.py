@@ -468,6 +468,9 @@ def table(summary: dict) -> str:
     if "hf_vs_standalone" in summary:
         within = "within" if summary["hf_vs_standalone_within_10pct"] else "NOT within"
         lines.append(f"hf_vs_standalone: {summary['hf_vs_standalone']:+.1%} ({within} 10%)")
+    heap = summary["settings"]["heap"]
+    lines.append(f"heap: {heap} in every route" + (" (ours: training.reuse_heap; the others: glibc's MALLOC_*_THRESHOLD_)"
+                                                    if heap == "reuse" else " (glibc's defaults)"))
     return "\n".join(lines)
 
 
