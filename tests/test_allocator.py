@@ -14,6 +14,11 @@ import torch
 if sys.argv[1] == "reuse":
     from ernie_cl.training.allocator import keep_freed_memory
     assert keep_freed_memory()
+elif sys.argv[1].startswith("engine"):  # the trainer's path: the engine is created with the schedule's setting
+    from ernie_cl.config.schedule import TrainingConfig
+    from ernie_cl.training.engine import create_engine
+    training = TrainingConfig(reuse_heap=sys.argv[1] == "engine-reuse")
+    create_engine(torch.nn.Linear(4, 4), {"zero_optimization": {"stage": 0}}, training, total_steps=1)
 def faults():
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 def step():
@@ -42,6 +47,13 @@ def test_freed_tensors_are_reused_instead_of_new_kernel_pages():
     default, reused = faults_per_step("default"), faults_per_step("reuse")
     assert default > 0.25 * pages  # negative control: by default the large tensors land on new pages every step
     assert reused < 0.02 * pages  # kept: each step reuses the blocks the previous one freed
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_the_engine_applies_training_reuse_heap():
+    pages = 40 * 2**20 / 4096
+    assert faults_per_step("engine-reuse") < 0.02 * pages
+    assert faults_per_step("engine-release") > 0.25 * pages  # reuse_heap: false leaves glibc's defaults
 
 
 def test_keep_freed_memory_says_whether_glibc_took_it():
