@@ -18,7 +18,6 @@ blocks. Only glibc is tuned (``mallopt``); with another C library, or where it i
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 
 _M_TRIM_THRESHOLD = -1  # glibc's mallopt parameter numbers (malloc.h)
 _M_MMAP_THRESHOLD = -3
@@ -31,10 +30,9 @@ TRIM_THRESHOLD = 2**31 - 1
 def keep_freed_memory() -> bool:
     """Raise glibc's mmap and trim thresholds for this process (and processes it forks later).
     Returns whether glibc accepted both."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    try:  # the process's own symbols: the C library it runs on, found without a ldconfig search
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (no mallopt)
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
