@@ -117,3 +117,13 @@ def wandb_run_ids(run_dir) -> set[str]:
     The folder name is not parsed: wandb appends "-1" to it when two runs start in the same second.
     """
     return {p.stem.removeprefix("run-") for p in (run_dir / "wandb").glob("offline-run-*/run-*.wandb")}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cpu_kernels_built() -> None:
+    """Build ernie-cl's CPU dropout kernel (ernie_cl/model/kernels.py) before any test starts a
+    training subprocess: the process that builds it prints a one-time notice, which tests that count
+    stderr lines would otherwise see in whichever subprocess came first."""
+    from ernie_cl.model import kernels
+
+    kernels.load()

@@ -1,13 +1,19 @@
-"""Cheaper dropout masks for training on CPU (``training.fast_dropout``, on by default).
+"""Cheaper dropout for training on CPU (``training.fast_dropout``, on by default).
 
 Why: PyTorch's CPU dropout draws its mask with ``bernoulli_``, one serial Mersenne-Twister draw (two
-32-bit words, a double conversion) per element on one core. In a masking step of the benchmark model
-that was 13% of the step time (README, "Performance"). Here one serial 64-bit draw gives four masks:
-the ``int64`` from ``random_()`` (uniform over [0, 2^63)) is read as four 16-bit words, of which the
-low 15 bits are uniform and independent, and an element is kept when those bits are >= round(p x 2^15).
-The rest (mask, compare, multiply) runs vectorised on every thread. Same distribution as torch's
-dropout up to p being rounded to a multiple of 1/32768 (0.1 -> 0.100006), same default CPU generator
-(so checkpointed RNG state still makes resume exact), a 1-byte mask saved for backward as torch does.
+32-bit words, a double conversion) per element on one core, then multiplies, stores a mask for
+backward and multiplies again there. In a masking step of the benchmark model that was 13% of the
+step time (README, "Performance").
+
+Here the mask is counter-based: element i of a call is kept when the 16-bit lane (i % 4) of
+splitmix64(seed + (i // 4) * gamma) is >= round(p x 2^16), and kept elements are scaled by 1 / (1 - p).
+The call's seed is one draw from the default CPU generator, so a checkpointed RNG state still makes
+resume exact. Nothing is stored for backward: the backward pass hashes the same counters again.
+The mask does not depend on the thread count. ``csrc/hash_dropout.cpp`` does hash, compare and scale
+in one multi-threaded pass (``kernels.py`` builds it once per machine); ``hash_keep_mask`` is the
+same recipe in torch ops, used where the kernel is not available (no compiler, a non-CPU tensor) and
+by the tests, which hold the two equal bit for bit. Same distribution as torch's dropout up to p being
+rounded to a multiple of 1/65536 (0.1 -> 0.100006).
 
 Two places use it:
 - every ``nn.Dropout`` of the backbone (embeddings, attention output, feed-forward output) becomes a
@@ -25,41 +31,71 @@ import math
 import torch
 from torch import nn
 
+from ernie_cl.model import kernels
+
 ATTENTION_NAME = "ernie_cl_sdpa"  # the attn_implementation name registered with transformers
-_BITS = 15  # usable uniform bits per 16-bit word of a random_() int64
+_LANE_BITS = 16  # four 16-bit lanes per 64-bit hash
+_GAMMA = 0x9E3779B97F4A7C15  # splitmix64's increment (the golden ratio in 64 bits)
+_MIX = (0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
 
 
-def keep_mask(shape: torch.Size | tuple[int, ...], p: float, device: torch.device | str = "cpu") -> torch.Tensor:
-    """A bool tensor of ``shape``, each element True with probability 1 - p (p rounded to 1/32768)."""
+def _signed(value: int) -> int:
+    """A 64-bit pattern as the int64 torch stores (torch's int64 arithmetic wraps like uint64)."""
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def _shift_right(z: torch.Tensor, bits: int) -> torch.Tensor:
+    """Logical right shift of int64 bit patterns (torch's >> is arithmetic)."""
+    return (z >> bits) & ((1 << (64 - bits)) - 1)
+
+
+def threshold(p: float) -> int:
+    """Lanes below this are dropped: round(p x 2^16)."""
+    return round(p * (1 << _LANE_BITS))
+
+
+def draw_seed() -> int:
+    """One draw from the default CPU generator: the seed of one dropout call."""
+    return int(torch.empty((), dtype=torch.int64).random_())
+
+
+def hash_keep_mask(shape: torch.Size | tuple[int, ...], seed: int, limit: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """The kernel's keep mask in torch ops: bool ``shape``, True where the element's lane >= ``limit``."""
     count = math.prod(shape)
-    words = torch.empty((count + 3) // 4, dtype=torch.int64, device=device).random_().view(torch.int16)[:count]
-    return words.bitwise_and_((1 << _BITS) - 1).ge(round(p * (1 << _BITS))).view(shape)
+    z = torch.arange((count + 3) // 4, dtype=torch.int64, device=device).mul_(_signed(_GAMMA)).add_(_signed(seed))
+    z = (z ^ _shift_right(z, 30)).mul_(_signed(_MIX[0]))
+    z = (z ^ _shift_right(z, 27)).mul_(_signed(_MIX[1]))
+    z = z ^ _shift_right(z, 31)
+    lanes = torch.stack([_shift_right(z, _LANE_BITS * k) & 0xFFFF for k in range(4)], dim=1).view(-1)[:count]
+    return lanes.ge(limit).view(shape)
 
 
-class _MaskedScale(torch.autograd.Function):
-    """x * keep / (1 - p), saving only the bool mask for backward. ``torch.where`` rather than
-    ``x * keep``: on CPU a float x bool product first copies the mask to a float tensor."""
+def _apply(x: torch.Tensor, seed: int, limit: int, scale: float) -> torch.Tensor:
+    if x.device.type == "cpu" and kernels.load():
+        return torch.ops.ernie_cl.hash_dropout(x, seed, limit, scale)
+    return torch.where(hash_keep_mask(x.shape, seed, limit, x.device), x, 0.0).mul_(scale)
+
+
+class _HashDropout(torch.autograd.Function):
+    """x * keep / (1 - p) with the counter-based mask; backward recomputes the mask from the seed."""
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
-        keep = keep_mask(x.shape, p, x.device)
-        ctx.save_for_backward(keep)
-        ctx.scale = 1.0 / (1.0 - p)
-        return torch.where(keep, x, 0.0).mul_(ctx.scale)
+        ctx.seed, ctx.limit, ctx.scale = draw_seed(), threshold(p), 1.0 / (1.0 - p)
+        return _apply(x, ctx.seed, ctx.limit, ctx.scale)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (keep,) = ctx.saved_tensors
-        return torch.where(keep, grad, 0.0).mul_(ctx.scale), None
+        return _apply(grad, ctx.seed, ctx.limit, ctx.scale), None
 
 
 def cheap_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
-    """``F.dropout`` with the cheap mask."""
+    """``F.dropout`` with the counter-based mask."""
     if not training or p == 0.0:
         return x
     if p >= 1.0:
         return x.mul(0.0)
-    return _MaskedScale.apply(x, p)
+    return _HashDropout.apply(x, p)
 
 
 class CheapDropout(nn.Dropout):
