@@ -121,9 +121,9 @@ def wandb_run_ids(run_dir) -> set[str]:
 
 @pytest.fixture(scope="session", autouse=True)
 def cpu_kernels_built() -> None:
-    """Build ernie-cl's CPU dropout kernel (ernie_cl/model/kernels.py) before any test starts a
+    """Build ernie-cl's CPU kernels (ernie_cl/kernels/compiled.py) before any test starts a
     training subprocess: the process that builds it prints a one-time notice, which tests that count
     stderr lines would otherwise see in whichever subprocess came first."""
-    from ernie_cl.model import kernels
+    from ernie_cl.kernels import compiled
 
-    kernels.load()
+    compiled.load()

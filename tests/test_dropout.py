@@ -51,7 +51,7 @@ def test_the_hash_mask_is_splitmix64_of_the_counter():
 
 
 def kernel_or_skip():
-    from ernie_cl.model import kernels
+    from ernie_cl.kernels import compiled as kernels
 
     if not kernels.load():
         pytest.skip("the CPU kernel could not be built here (no compiler); the torch-op path is tested elsewhere")
@@ -92,7 +92,7 @@ def test_cheap_dropout_follows_the_default_generator():
 
 @pytest.mark.parametrize("kernel", [True, False])
 def test_cheap_dropout_scales_kept_elements_and_routes_the_gradient_through_the_same_mask(kernel, monkeypatch):
-    from ernie_cl.model import kernels
+    from ernie_cl.kernels import compiled as kernels
 
     if kernel:
         kernel_or_skip()
@@ -170,7 +170,7 @@ def test_without_the_kernel_the_torch_op_path_runs(tmp_path):
     import subprocess
     import sys
 
-    code = ("import torch; from ernie_cl.model import dropout, kernels; assert not kernels.load();"
+    code = ("import torch; from ernie_cl.model import dropout; from ernie_cl.kernels import compiled; assert not compiled.load();"
             "x = torch.arange(4000.).view(40, 100); torch.manual_seed(2); y = dropout.cheap_dropout(x, 0.25);"
             "torch.save(y, r'%s')" % (tmp_path / "y.pt"))
     env = {**os.environ, "ERNIE_CL_NO_KERNELS": "1"}

@@ -9,8 +9,8 @@ Here the mask is counter-based: element i of a call is kept when the 16-bit lane
 splitmix64(seed + (i // 4) * gamma) is >= round(p x 2^16), and kept elements are scaled by 1 / (1 - p).
 The call's seed is one draw from the default CPU generator, so a checkpointed RNG state still makes
 resume exact. Nothing is stored for backward: the backward pass hashes the same counters again.
-The mask does not depend on the thread count. ``csrc/hash_dropout.cpp`` does hash, compare and scale
-in one multi-threaded pass (``kernels.py`` builds it once per machine); ``hash_keep_mask`` is the
+The mask does not depend on the thread count. ``ernie_cl/kernels/csrc/hash_dropout.cpp`` does hash, compare and scale
+in one multi-threaded pass (``ernie_cl/kernels/compiled.py`` builds it once per machine); ``hash_keep_mask`` is the
 same recipe in torch ops, used where the kernel is not available (no compiler, a non-CPU tensor) and
 by the tests, which hold the two equal bit for bit. Same distribution as torch's dropout up to p being
 rounded to a multiple of 1/65536 (0.1 -> 0.100006).
@@ -31,7 +31,7 @@ import math
 import torch
 from torch import nn
 
-from ernie_cl.model import kernels
+from ernie_cl.kernels import compiled
 
 ATTENTION_NAME = "ernie_cl_sdpa"  # the attn_implementation name registered with transformers
 _LANE_BITS = 16  # four 16-bit lanes per 64-bit hash
@@ -71,7 +71,7 @@ def hash_keep_mask(shape: torch.Size | tuple[int, ...], seed: int, limit: int, d
 
 
 def _apply(x: torch.Tensor, seed: int, limit: int, scale: float) -> torch.Tensor:
-    if x.device.type == "cpu" and kernels.load():
+    if x.device.type == "cpu" and compiled.load():
         return torch.ops.ernie_cl.hash_dropout(x, seed, limit, scale)
     return torch.where(hash_keep_mask(x.shape, seed, limit, x.device), x, 0.0).mul_(scale)
 

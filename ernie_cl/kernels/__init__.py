@@ -1,0 +1,9 @@
+"""ernie-cl's own CPU kernels, for the work torch's CPU operators do in several passes.
+
+``compiled`` (builds ``csrc/*.cpp`` with the machine's g++ on first use, cached once per machine),
+``cross_entropy`` (the heads' loss: one pass forward, one backward). The dropout kernel's Python
+side is ``ernie_cl.model.dropout``, which swaps it into the backbone. Every kernel has a torch-op
+path that gives the same results where it cannot be built.
+
+May import: ``ernie_cl.errors``. It sits below every room that computes (pretrain_tasks, model).
+"""

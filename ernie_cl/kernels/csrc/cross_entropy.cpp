@@ -1,0 +1,92 @@
+// Cross-entropy over a vocabulary-sized head, forward and backward in one pass each.
+//
+// torch's F.cross_entropy on CPU is log_softmax (writes an N x V tensor) + nll_loss; its backward
+// zero-fills an N x V tensor for nll_loss, then log_softmax's backward reads two N x V tensors and
+// writes a third. Here the forward reads the logits once per row (max, then sum of exponentials over
+// a row that is still in cache) and keeps only each row's log-sum-exp; the backward writes
+// softmax - one_hot, times the row's incoming gradient, in one pass. Rows are independent and each
+// is summed by one thread, so results do not depend on the thread count.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+#include <torch/library.h>
+
+#include <cmath>
+
+namespace {
+
+using Vec = at::vec::Vectorized<float>;
+
+void check(const at::Tensor& logits, const at::Tensor& targets) {
+  TORCH_CHECK(logits.device().is_cpu() && logits.scalar_type() == at::kFloat && logits.dim() == 2,
+              "ernie_cl::cross_entropy: logits must be a 2-D float32 CPU tensor");
+  TORCH_CHECK(targets.scalar_type() == at::kLong && targets.dim() == 1 && targets.size(0) == logits.size(0),
+              "ernie_cl::cross_entropy: targets must be int64, one per row");
+}
+
+// (per-row loss, per-row log-sum-exp)
+std::tuple<at::Tensor, at::Tensor> cross_entropy_forward(const at::Tensor& logits_in, const at::Tensor& targets_in) {
+  check(logits_in, targets_in);
+  const at::Tensor logits = logits_in.contiguous();
+  const at::Tensor targets = targets_in.contiguous();
+  const int64_t rows = logits.size(0), width = logits.size(1);
+  at::Tensor loss = at::empty({rows}, logits.options());
+  at::Tensor lse = at::empty({rows}, logits.options());
+  const float* x = logits.const_data_ptr<float>();
+  const int64_t* t = targets.const_data_ptr<int64_t>();
+  float* loss_out = loss.mutable_data_ptr<float>();
+  float* lse_out = lse.mutable_data_ptr<float>();
+  for (int64_t i = 0; i < rows; ++i) {
+    TORCH_CHECK(t[i] >= 0 && t[i] < width, "ernie_cl::cross_entropy: target ", t[i], " out of range [0, ", width, ")");
+  }
+  at::parallel_for(0, rows, 1, [&](int64_t first, int64_t last) {
+    for (int64_t i = first; i < last; ++i) {
+      const float* row = x + i * width;
+      const float top = at::vec::reduce_all<float>([](Vec& a, Vec& b) { return at::vec::maximum(a, b); }, row, width);
+      const float sum = at::vec::map_reduce_all<float>(
+          [top](Vec v) { return (v - Vec(top)).exp(); }, [](Vec a, Vec b) { return a + b; }, row, width);
+      const float log_sum = top + std::log(sum);
+      lse_out[i] = log_sum;
+      loss_out[i] = log_sum - row[t[i]];
+    }
+  });
+  return {loss, lse};
+}
+
+// d loss_i / d logits_ij = grad_i * (softmax_ij - [j == t_i])
+at::Tensor cross_entropy_backward(const at::Tensor& grad_in, const at::Tensor& logits_in, const at::Tensor& lse_in,
+                                  const at::Tensor& targets_in) {
+  check(logits_in, targets_in);
+  const at::Tensor logits = logits_in.contiguous();
+  const at::Tensor targets = targets_in.contiguous();
+  const at::Tensor grad = grad_in.to(at::kFloat).contiguous();
+  const at::Tensor lse = lse_in.contiguous();
+  const int64_t rows = logits.size(0), width = logits.size(1);
+  at::Tensor out = at::empty_like(logits);
+  const float* x = logits.const_data_ptr<float>();
+  const float* g = grad.const_data_ptr<float>();
+  const float* l = lse.const_data_ptr<float>();
+  const int64_t* t = targets.const_data_ptr<int64_t>();
+  float* dx = out.mutable_data_ptr<float>();
+  at::parallel_for(0, rows, 1, [&](int64_t first, int64_t last) {
+    for (int64_t i = first; i < last; ++i) {
+      const float shift = l[i], scale = g[i];
+      at::vec::map([shift, scale](Vec v) { return (v - Vec(shift)).exp() * Vec(scale); }, dx + i * width, x + i * width, width);
+      dx[i * width + t[i]] -= scale;
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_FRAGMENT(ernie_cl, m) {
+  m.def("cross_entropy_forward(Tensor logits, Tensor targets) -> (Tensor, Tensor)");
+  m.def("cross_entropy_backward(Tensor grad, Tensor logits, Tensor lse, Tensor targets) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(ernie_cl, CPU, m) {
+  m.impl("cross_entropy_forward", &cross_entropy_forward);
+  m.impl("cross_entropy_backward", &cross_entropy_backward);
+}
