@@ -56,6 +56,28 @@ def test_the_engine_applies_training_reuse_heap():
     assert faults_per_step("engine-release") > 0.25 * pages  # reuse_heap: false leaves glibc's defaults
 
 
+ARENAS = """
+import ctypes, sys, threading
+libc = ctypes.CDLL(None)
+if sys.argv[1] == "reuse":
+    from ernie_cl.training.allocator import keep_freed_memory
+    keep_freed_memory()
+libc.malloc.restype = ctypes.c_void_p
+worker = threading.Thread(target=lambda: libc.malloc(1 << 20))  # a thread that first allocates now
+worker.start(); worker.join()
+libc.malloc_stats()  # to stderr: one "Arena N:" block per arena
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_threads_that_start_later_share_the_main_arena():
+    def arenas(mode: str) -> int:
+        result = subprocess.run([sys.executable, "-c", ARENAS, mode], capture_output=True, text=True, check=True)
+        return sum(line.startswith("Arena ") for line in result.stderr.splitlines())
+    assert arenas("default") >= 2  # negative control: by default a new thread gets its own arena
+    assert arenas("reuse") == 1
+
+
 def test_keep_freed_memory_says_whether_glibc_took_it():
     from ernie_cl.training.allocator import keep_freed_memory
 

@@ -31,6 +31,7 @@ from ernie_cl.progress import progress_bar
 from ernie_cl import faults
 from ernie_cl.training import checkpoint as ckpt, distributed
 from ernie_cl.training.curriculum import Curriculum, Step
+from ernie_cl.training.allocator import keep_freed_memory
 from ernie_cl.training.engine import create_engine, name_accelerator
 from ernie_cl.training.heldout_eval import evaluate, trivial_baselines
 from ernie_cl.training.metric_sinks import MetricsLog, WandbSink, print_eval_table
@@ -274,6 +275,8 @@ def build_model(schedule, model_cfg: dict[str, Any], prepared) -> ErnieEncoder:
     """The model a run trains, seeded: backbone + task embeddings + heads (an export's restored),
     one loss balancer per stage, the cheap dropout masks on CPU, compiled if asked."""
     training = schedule.training
+    if training.reuse_heap:  # before the model's first parallel op starts torch's OpenMP workers (allocator.py)
+        keep_freed_memory()
     torch.manual_seed(schedule.seed)
     model = ErnieEncoder(build_backbone(model_cfg, prepared.tokenizer, training.seq_len), prepared.tasks)
     restore_extras(model, model_cfg)  # continuing from an ernie-cl export: its task embeddings and heads
