@@ -78,6 +78,31 @@ def test_threads_that_start_later_share_the_main_arena():
     assert arenas("reuse") == 1
 
 
+TRIM = """
+import json, sys
+import torch
+from ernie_cl.training.allocator import keep_freed_memory, release_free_memory
+def resident_mb():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+keep_freed_memory()
+blocks = [torch.ones(2**20 * (8 + i)) for i in range(8)]  # 32-60 MiB each, ~370 MiB in the heap
+del blocks
+before = resident_mb()
+if sys.argv[1] == "trim":
+    assert release_free_memory()
+print(json.dumps({"freed_mb": before - resident_mb()}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's malloc_trim")
+def test_release_free_memory_hands_the_kept_heap_back():
+    def freed(mode: str) -> float:
+        out = subprocess.run([sys.executable, "-c", TRIM, mode], capture_output=True, text=True, check=True).stdout
+        return json.loads(out.splitlines()[-1])["freed_mb"]
+    assert freed("keep") < 20  # negative control: with the thresholds raised, freed tensors stay resident
+    assert freed("trim") > 300
+
+
 def test_keep_freed_memory_says_whether_glibc_took_it():
     from ernie_cl.training.allocator import keep_freed_memory
 

@@ -18,7 +18,11 @@ model's first parallel op starts the workers (threads already holding an arena k
 when the engine is created (for callers that bring their own model).
 
 The cost: memory a step freed stays with the process (its resident size holds at the step's high-water
-mark instead of falling between steps). Only glibc is tuned (``mallopt``); with another C library, or where it is not found, this does nothing.
+mark instead of falling between steps). And since batch shapes vary from step to step, freed blocks
+that the next steps do not fit into pile up: a 400-step probe grew from 1.06 to 1.78 GB with its live
+tensors constant at 29 MB. So every ``TRIM_EVERY_STEPS`` steps the trainer hands the heap's free pages
+back (``release_free_memory``, glibc's ``malloc_trim``): the probe then held 1.13-1.26 GB. The step
+after a trim faults its pages in again, once per 100 steps. Only glibc is tuned (``mallopt``); with another C library, or where it is not found, this does nothing.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ _M_ARENA_MAX = -8
 # (mallopt takes a C int: 2**31 - 1 is the most it can say)
 MMAP_THRESHOLD = 1 << 30
 TRIM_THRESHOLD = 2**31 - 1
+TRIM_EVERY_STEPS = 100
 
 
 def keep_freed_memory() -> bool:
@@ -44,3 +49,15 @@ def keep_freed_memory() -> bool:
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     mallopt(_M_ARENA_MAX, 1)  # threads already attached to an arena keep it
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
+
+
+def release_free_memory() -> bool:
+    """Hand the free pages of glibc's heap (every arena) back to the kernel; live blocks stay where
+    they are. Returns whether there was a glibc to ask."""
+    try:
+        trim = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
+    trim(0)
+    return True

@@ -31,7 +31,7 @@ from ernie_cl.progress import progress_bar
 from ernie_cl import faults
 from ernie_cl.training import checkpoint as ckpt, distributed
 from ernie_cl.training.curriculum import Curriculum, Step
-from ernie_cl.training.allocator import keep_freed_memory
+from ernie_cl.training.allocator import TRIM_EVERY_STEPS, keep_freed_memory, release_free_memory
 from ernie_cl.training.engine import create_engine, name_accelerator
 from ernie_cl.training.heldout_eval import evaluate, trivial_baselines
 from ernie_cl.training.metric_sinks import MetricsLog, WandbSink, print_eval_table
@@ -159,6 +159,8 @@ def train(
                                      tok_s=f"{record['tokens_per_s']:.0f}", refresh=False)
                 example_log.after_step(step.global_step)
                 faults.inject(f"step:{step.global_step}")
+                if training.reuse_heap and step.global_step % TRIM_EVERY_STEPS == 0:
+                    release_free_memory()  # what the kept heap piled up as batch shapes varied (allocator.py)
                 if last_in_stage:
                     break  # the stage-end checkpoint below covers this step
                 every = training.checkpoint_every
