@@ -115,8 +115,9 @@ class TrainingConfig(_Strict):
     # torch.compile the backbone (inductor; a frame that fails to compile runs eager). Off by default:
     # compiling costs a minute or more up front and its kernels are not bitwise those of eager mode
     compile: Bool = False
-    # on CPU, dropout masks drawn 4 per serial 64-bit random word instead of torch's bernoulli_ per
-    # element (ernie_cl/model/dropout.py): same distribution, p rounded to 1/32768; GPUs keep torch's
+    # on CPU, counter-based dropout masks (a hash of seed and element index, one kernel pass, nothing
+    # stored for backward; ernie_cl/model/dropout.py) instead of torch's bernoulli_ per element: same
+    # distribution, p rounded to 1/65536; GPUs keep torch's
     fast_dropout: Bool = True
     # keep memory a step frees in the process for the next step's tensors (glibc's mmap and trim
     # thresholds raised; ernie_cl/training/allocator.py) instead of new kernel pages every step

@@ -13,11 +13,11 @@ equivalents, which give the same results, more slowly.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import platform
 import sys
-import threading
 from pathlib import Path
 
 import torch
@@ -25,10 +25,8 @@ import torch
 SOURCES = [Path(__file__).parent / "csrc" / name for name in ("hash_dropout.cpp", "cross_entropy.cpp")]
 DISABLE_ENV = "ERNIE_CL_NO_KERNELS"  # set to 1: never build or load, use the torch-op paths
 
-_lock = threading.Lock()
-_state: dict[str, object] = {}
 
-
+@functools.cache
 def _cpu_lines() -> str:
     try:
         with open("/proc/cpuinfo") as f:
@@ -61,15 +59,10 @@ def _build_name() -> str:
     return f"ernie_cl_kernels_{digest}_{_cpu_fingerprint()}"
 
 
+@functools.cache
 def load() -> bool:
-    """True when ``torch.ops.ernie_cl`` holds the kernels (building them the first time)."""
-    with _lock:
-        if "ok" not in _state:
-            _state["ok"] = _try_load()
-        return bool(_state["ok"])
-
-
-def _try_load() -> bool:
+    """True when ``torch.ops.ernie_cl`` holds the kernels (building them the first time; torch's
+    builder locks the build folder, so concurrent first calls build once)."""
     if os.environ.get(DISABLE_ENV, "") not in ("", "0") or sys.byteorder != "little":
         return False
     try:

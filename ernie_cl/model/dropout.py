@@ -9,10 +9,10 @@ Here the mask is counter-based: element i of a call is kept when the 16-bit lane
 splitmix64(seed + (i // 4) * gamma) is >= round(p x 2^16), and kept elements are scaled by 1 / (1 - p).
 The call's seed is one draw from the default CPU generator, so a checkpointed RNG state still makes
 resume exact. Nothing is stored for backward: the backward pass hashes the same counters again.
-The mask does not depend on the thread count. ``ernie_cl/kernels/csrc/hash_dropout.cpp`` does hash, compare and scale
-in one multi-threaded pass (``ernie_cl/kernels/compiled.py`` builds it once per machine); ``hash_keep_mask`` is the
-same recipe in torch ops, used where the kernel is not available (no compiler, a non-CPU tensor) and
-by the tests, which hold the two equal bit for bit. Same distribution as torch's dropout up to p being
+The mask does not depend on the thread count. ``ernie_cl/kernels/csrc/hash_dropout.cpp`` does
+hash, compare and scale in one multi-threaded pass (``ernie_cl/kernels/compiled.py`` builds it once
+per machine); ``hash_keep_mask`` is the same recipe in torch ops, used where the kernel is not
+available (no compiler, a non-CPU tensor) and by the tests, which hold the two equal bit for bit. Same distribution as torch's dropout up to p being
 rounded to a multiple of 1/65536 (0.1 -> 0.100006).
 
 Two places use it:

@@ -22,7 +22,8 @@ mark instead of falling between steps). And since batch shapes vary from step to
 that the next steps do not fit into pile up: a 400-step probe grew from 1.06 to 1.78 GB with its live
 tensors constant at 29 MB. So every ``TRIM_EVERY_STEPS`` steps the trainer hands the heap's free pages
 back (``release_free_memory``, glibc's ``malloc_trim``): the probe then held 1.13-1.26 GB. The step
-after a trim faults its pages in again, once per 100 steps. Only glibc is tuned (``mallopt``); with another C library, or where it is not found, this does nothing.
+after a trim faults its pages in again, once per 100 steps. Only glibc is tuned (``mallopt``); with
+another C library, or where it is not found, this does nothing.
 """
 
 from __future__ import annotations
@@ -39,14 +40,23 @@ TRIM_THRESHOLD = 2**31 - 1
 TRIM_EVERY_STEPS = 100
 
 
+def _glibc(name: str, argtypes: list):
+    """A function of the C library this process runs on (its own symbols: no ldconfig search), or
+    None when that library is not glibc."""
+    try:
+        function = getattr(ctypes.CDLL(None), name)
+    except (OSError, AttributeError):
+        return None
+    function.argtypes, function.restype = argtypes, ctypes.c_int
+    return function
+
+
 def keep_freed_memory() -> bool:
     """Raise glibc's mmap and trim thresholds and limit it to one arena, for this process (and
     processes it forks later). Returns whether glibc accepted both thresholds."""
-    try:  # the process's own symbols: the C library it runs on, found without a ldconfig search
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc (no mallopt)
+    mallopt = _glibc("mallopt", [ctypes.c_int, ctypes.c_int])
+    if mallopt is None:
         return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     mallopt(_M_ARENA_MAX, 1)  # threads already attached to an arena keep it
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))
 
@@ -54,10 +64,8 @@ def keep_freed_memory() -> bool:
 def release_free_memory() -> bool:
     """Hand the free pages of glibc's heap (every arena) back to the kernel; live blocks stay where
     they are. Returns whether there was a glibc to ask."""
-    try:
-        trim = ctypes.CDLL(None).malloc_trim
-    except (OSError, AttributeError):
+    trim = _glibc("malloc_trim", [ctypes.c_size_t])
+    if trim is None:
         return False
-    trim.argtypes, trim.restype = [ctypes.c_size_t], ctypes.c_int
     trim(0)
     return True

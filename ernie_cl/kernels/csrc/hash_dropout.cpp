@@ -14,7 +14,6 @@
 #include <torch/library.h>
 
 #include <cstdint>
-#include <cstring>
 
 namespace {
 
