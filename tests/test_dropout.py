@@ -135,7 +135,8 @@ def test_install_swaps_every_dropout_keeps_the_weights_and_matches_the_stock_mod
     assert dropout.install(cheap) == 1 + 3 * 2
     assert not any(type(m) is torch.nn.Dropout for m in cheap.modules())
     assert list(cheap.state_dict()) == list(stock.state_dict())
-    assert cheap.config._attn_implementation == dropout.ATTENTION_NAME
+    assert cheap.config._attn_implementation == dropout.FUSED_ATTENTION_NAME
+    assert dropout.install(tiny_bert(), fused_attention=False) == 1 + 3 * 2
     assert "attn_implementation" not in str(cheap.config.to_dict())  # an export's config.json stays plain
     ids = torch.randint(1, 50, (3, 12))
     mask = torch.ones_like(ids)

@@ -31,9 +31,11 @@ import math
 import torch
 from torch import nn
 
+from ernie_cl.kernels import attention as fused_attention
 from ernie_cl.kernels import compiled
 
-ATTENTION_NAME = "ernie_cl_sdpa"  # the attn_implementation name registered with transformers
+ATTENTION_NAME = "ernie_cl_sdpa"  # the attn_implementation names registered with transformers:
+FUSED_ATTENTION_NAME = "ernie_cl_fused"  # the math path with the cheap mask, and the fused kernel
 _LANE_BITS = 16  # four 16-bit lanes per 64-bit hash
 _GAMMA = 0x9E3779B97F4A7C15  # splitmix64's increment (the golden ratio in 64 bits)
 _MIX = (0xBF58476D1CE4E5B9, 0x94D049BB133111EB)
@@ -105,9 +107,16 @@ class CheapDropout(nn.Dropout):
         return cheap_dropout(x, self.p, self.training)
 
 
-def _attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
-    """SDPA's math path with the cheap mask when training with dropout; the stock SDPA function
-    (fused kernels) otherwise, and for anything this does not handle (causal, GQA, biases, softcap)."""
+def _fused_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
+    """``_attention``, with the fused CPU kernel where it applies (float32 CPU tensors, MKL)."""
+    return _attention(module, query, key, value, attention_mask, dropout, scaling, fused=True, **kwargs)
+
+
+def _attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, fused: bool = False,
+               **kwargs):
+    """SDPA's math path with the cheap mask (or, ``fused``, the same computation in one kernel per
+    batch and head) when training with dropout; the stock SDPA function (fused kernels) otherwise, and
+    for anything this does not handle (causal, GQA, biases, softcap)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     plain = (dropout > 0.0 and query.shape[2] > 1 and not getattr(module, "is_causal", False)
@@ -116,21 +125,26 @@ def _attention(module, query, key, value, attention_mask, dropout: float = 0.0, 
     if not plain:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+    if attention_mask is not None and attention_mask.dtype == torch.bool:
+        attention_mask = torch.where(attention_mask, 0.0, torch.finfo(query.dtype).min).to(query.dtype)
+    if fused and dropout < 1.0 and fused_attention.available(query, key, value):
+        # the same mask draw as the math path below (one seed per call, same element indices)
+        return fused_attention.attention(query, key, value, attention_mask, scale, draw_seed(), threshold(dropout),
+                                         1.0 / (1.0 - dropout)), None
     # scale the queries (S x d) rather than the scores (S x S); the mask is added in place (a free
     # backward), as an additive float mask when SDPA's is boolean (True = may attend)
     scores = torch.matmul(query * scale, key.transpose(-1, -2))
     if attention_mask is not None:
-        if attention_mask.dtype == torch.bool:
-            attention_mask = torch.where(attention_mask, 0.0, torch.finfo(scores.dtype).min).to(scores.dtype)
         scores = scores.add_(attention_mask)
     probs = cheap_dropout(torch.softmax(scores, dim=-1), dropout)
     return torch.matmul(probs, value).transpose(1, 2).contiguous(), None
 
 
-def install(backbone: nn.Module) -> int:
+def install(backbone: nn.Module, fused_attention: bool = True) -> int:
     """Swap the backbone's ``nn.Dropout`` modules for ``CheapDropout`` and, when it runs SDPA
-    attention, point it at the cheap-mask attention function. Parameters, state dict keys and exported
-    configs are unchanged. Returns how many dropout modules were swapped."""
+    attention, point it at the cheap-mask attention function (``fused_attention``: the fused kernel
+    where it applies). Parameters, state dict keys and exported configs are unchanged. Returns how
+    many dropout modules were swapped."""
     swapped = 0
     for parent in list(backbone.modules()):
         for name, child in list(parent.named_children()):
@@ -140,7 +154,7 @@ def install(backbone: nn.Module) -> int:
     config = getattr(backbone, "config", None)
     if config is not None and getattr(config, "_attn_implementation", None) == "sdpa":
         _register_attention()
-        config._attn_implementation = ATTENTION_NAME
+        config._attn_implementation = FUSED_ATTENTION_NAME if fused_attention else ATTENTION_NAME
     return swapped
 
 
@@ -148,6 +162,7 @@ def _register_attention() -> None:
     from transformers import AttentionInterface
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, sdpa_mask
 
-    AttentionInterface.register(ATTENTION_NAME, _attention)
-    if ATTENTION_NAME not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
-        AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)  # the masks SDPA gets
+    for name, function in ((ATTENTION_NAME, _attention), (FUSED_ATTENTION_NAME, _fused_attention)):
+        AttentionInterface.register(name, function)
+        if name not in ALL_MASK_ATTENTION_FUNCTIONS._global_mapping:
+            AttentionMaskInterface.register(name, sdpa_mask)  # the masks SDPA gets

@@ -1,0 +1,60 @@
+"""Attention with dropout on the probabilities, fused per (batch, head) on CPU (``csrc/attention.cpp``).
+
+Why: with dropout on the attention probabilities (BERT's 0.1) torch's CPU SDPA cannot use its fused
+kernel and runs the math path: copies of the transposed query, key and value, separate passes over the
+[B, H, S, S] scores for the mask, the softmax and the dropout, and a copy of the transposed output,
+then the same again in backward. The kernel does one head at a time while its scores are in cache
+and reads and writes the model's [B, S, H, d] layout directly.
+
+The dropout mask is the counter-based one of ``ernie_cl.model.dropout`` (the caller passes the seed
+and threshold), indexed over the contiguous [B, H, Sq, Sk] probabilities, so for the same seed the
+kernel drops exactly what the math path drops; outputs and gradients agree with it to float rounding
+(tested). ``available(...)`` says when the kernel applies; otherwise callers keep the math path.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from ernie_cl.kernels import compiled
+
+
+def available(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> bool:
+    """Whether ``attention`` can take these [B, H, S, d] inputs: float32 CPU, the kernels built with
+    an MKL sgemm (torch's x86 builds have one)."""
+    return (all(t.device.type == "cpu" and t.dtype == torch.float32 and t.dim() == 4 and t.stride(-1) == 1
+                for t in (query, key, value))
+            and compiled.load() and bool(torch.ops.ernie_cl.attention_available()))
+
+
+class _FusedAttention(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, query, key, value, mask, scale: float, seed: int, limit: int, drop_scale: float):
+        out, probs = torch.ops.ernie_cl.attention_forward(query, key, value, mask, scale, seed, limit, drop_scale)
+        ctx.save_for_backward(query, key, value, probs)
+        ctx.settings = (scale, seed, limit, drop_scale)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        query, key, value, probs = ctx.saved_tensors
+        d_query, d_key, d_value = torch.ops.ernie_cl.attention_backward(grad, query, key, value, probs, *ctx.settings)
+        return d_query, d_key, d_value, None, None, None, None, None
+
+
+def attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, mask: Optional[torch.Tensor],
+              scale: float, seed: int, limit: int, drop_scale: float) -> torch.Tensor:
+    """``dropout(softmax(scale * q k^T + mask)) v`` for [B, H, S, d] inputs, returned as [B, Sq, H, d].
+    ``mask``: additive float32, broadcastable to [B, H, Sq, Sk], or None. Dropout keeps element i of
+    the probabilities when its 16-bit hash lane (seed, i) is >= ``limit`` and scales it by
+    ``drop_scale``. The mask gets no gradient."""
+    if mask is not None:
+        batch, heads, sq, _ = query.shape
+        mask = mask.detach().expand(batch, heads, sq, key.shape[2])
+        if mask.stride(-1) != 1:
+            mask = mask.contiguous()
+    return _FusedAttention.apply(query, key, value, mask, scale, seed, limit, drop_scale)

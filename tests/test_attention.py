@@ -1,0 +1,131 @@
+"""training.fused_attention: attention with dropout as one CPU kernel per (batch, head)
+(ernie_cl/kernels/csrc/attention.cpp), held against the unfused math path it replaces."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ernie_cl.kernels import attention as fused
+from ernie_cl.model import dropout
+
+pytestmark = pytest.mark.skipif(not fused.available(*(torch.zeros(1, 1, 1, 1),) * 3),
+                                reason="no C++ compiler or no MKL sgemm in this torch build")
+
+
+def projections(batch: int, heads: int, sq: int, sk: int, dim: int, layout: str, seed: int = 0):
+    """Query, key and value as [B, H, S, d]: views of [B, S, H, d] projections (how Hugging Face
+    models pass them) or contiguous tensors."""
+    gen = torch.Generator().manual_seed(seed)
+    shapes = [(batch, sq, heads, dim), (batch, sk, heads, dim), (batch, sk, heads, dim)]
+    tensors = [torch.randn(*shape, generator=gen) for shape in shapes]
+    tensors = [t.transpose(1, 2) for t in tensors]
+    if layout == "contiguous":
+        tensors = [t.contiguous() for t in tensors]
+    return [t.requires_grad_() for t in tensors]
+
+
+def padding_mask(batch: int, sq: int, sk: int) -> torch.Tensor:
+    mask = torch.ones(batch, 1, sq, sk, dtype=torch.bool)
+    for b in range(batch):
+        mask[b, :, :, sk - 3 * b:] = False if b else True  # sequence b has 3b padded positions
+    return mask
+
+
+def run(path: str, q, k, v, mask, p: float, scale: float, seed: int = 7):
+    """Output and the three input gradients of one forward + backward, with the RNG at ``seed``."""
+    q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    torch.manual_seed(seed)
+    if path == "fused":
+        additive = None if mask is None else torch.where(mask, 0.0, torch.finfo(torch.float32).min)
+        out = fused.attention(q, k, v, additive, scale, dropout.draw_seed(), dropout.threshold(p), 1 / (1 - p))
+    else:
+        out, _ = dropout._attention(torch.nn.Module(), q, k, v, mask, dropout=p, scaling=scale, fused=False)
+    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+    (out * weights).sum().backward()
+    return [out.detach(), q.grad, k.grad, v.grad]
+
+
+@pytest.mark.parametrize("layout", ["projection views", "contiguous"])
+@pytest.mark.parametrize("batch,heads,sq,sk,dim,masked", [
+    (3, 4, 37, 37, 16, True),   # a length that is no multiple of 4 or of the vector width
+    (2, 2, 128, 128, 64, True),  # the benchmark's head size and length
+    (2, 3, 9, 21, 5, False),    # cross-attention shapes, an odd head size, no mask
+    (1, 1, 1, 1, 8, False),
+])
+def test_fused_attention_matches_the_math_path(layout, batch, heads, sq, sk, dim, masked):
+    q, k, v = projections(batch, heads, sq, sk, dim, layout)
+    mask = padding_mask(batch, sq, sk) if masked else None
+    ours = run("fused", q, k, v, mask, 0.3, dim ** -0.5)
+    math = run("math", q, k, v, mask, 0.3, dim ** -0.5)
+    assert ours[0].shape == (batch, sq, heads, dim)
+    for name, a, b in zip(["output", "d query", "d key", "d value"], ours, math):
+        assert a.shape == b.shape, name
+        assert torch.allclose(a, b, atol=2e-6, rtol=1e-5), (name, (a - b).abs().max().item())
+    # negative control: another seed drops other probabilities, so the outputs must differ
+    other = run("fused", q, k, v, mask, 0.3, dim ** -0.5, seed=8)
+    assert sq * sk == 1 or not torch.allclose(other[0], ours[0], atol=1e-3)
+
+
+def test_the_mask_may_be_a_broadcast_key_padding_row():
+    q, k, v = projections(2, 2, 10, 10, 8, "projection views")
+    keys_kept = torch.tensor([[True] * 10, [True] * 6 + [False] * 4]).view(2, 1, 1, 10)
+    ours = run("fused", q, k, v, keys_kept, 0.2, 0.35)
+    math = run("math", q, k, v, keys_kept.expand(2, 1, 10, 10), 0.2, 0.35)
+    for a, b in zip(ours, math):
+        assert torch.allclose(a, b, atol=2e-6, rtol=1e-5)
+
+
+def test_dropout_drops_and_rescales():
+    """p close to 1 keeps few probabilities; with p -> 0 the output is plain softmax attention."""
+    q, k, v = projections(2, 2, 16, 16, 8, "contiguous")
+    plain = torch.nn.functional.scaled_dot_product_attention(q, k, v, scale=0.25).transpose(1, 2)
+    assert torch.allclose(run("fused", q, k, v, None, 1e-9, 0.25)[0], plain, atol=1e-6)
+    dropped = run("fused", q, k, v, None, 0.5, 0.25)[0]
+    assert not torch.allclose(dropped, plain, atol=1e-2)
+    # the expectation over seeds is the undropped output
+    mean = sum(run("fused", q, k, v, None, 0.5, 0.25, seed=s)[0] for s in range(200)) / 200
+    assert (mean - plain).abs().mean() < 0.1 * plain.abs().mean()
+
+
+def test_results_do_not_depend_on_the_thread_count():
+    q, k, v = projections(4, 4, 64, 64, 32, "projection views")
+    mask = padding_mask(4, 64, 64)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run("fused", q, k, v, mask, 0.1, 0.2)
+        torch.set_num_threads(2)
+        two = run("fused", q, k, v, mask, 0.1, 0.2)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(one, two))
+
+
+def test_the_installed_model_trains_the_same_with_and_without_the_kernel(monkeypatch):
+    """training.fused_attention on and off: same masks, same hidden states and gradients to float
+    rounding; and the kernel really runs when it is on."""
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, max_position_embeddings=32)
+    ids = torch.randint(1, 50, (3, 12), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    mask[2, 8:] = 0
+    calls = []
+    kernel = fused.attention
+    monkeypatch.setattr(fused, "attention", lambda *args: calls.append(1) or kernel(*args))
+    results = []
+    for on in (True, False):
+        torch.manual_seed(0)
+        model = BertModel._from_config(config, add_pooling_layer=False, attn_implementation="sdpa")
+        dropout.install(model, fused_attention=on)
+        model.train()
+        torch.manual_seed(11)
+        out = model(ids, attention_mask=mask).last_hidden_state
+        (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(2))).sum().backward()
+        results.append((out.detach(), [p.grad for p in model.parameters()]))
+    assert len(calls) == config.num_hidden_layers  # only the fused model's layers called the kernel
+    (out_on, grads_on), (out_off, grads_off) = results
+    assert torch.allclose(out_on, out_off, atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-5, rtol=1e-4) for a, b in zip(grads_on, grads_off))
