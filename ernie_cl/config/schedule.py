@@ -119,10 +119,10 @@ class TrainingConfig(_Strict):
     # stored for backward; ernie_cl/model/dropout.py) instead of torch's bernoulli_ per element: same
     # distribution, p rounded to 1/65536; GPUs keep torch's
     fast_dropout: Bool = True
-    # with fast_dropout, on CPU in float32: attention with dropout as one kernel per (batch, head)
-    # (ernie_cl/kernels/attention.py; the same masks as the unfused path, results equal up to float
-    # rounding); false: the unfused math path
-    fused_attention: Bool = True
+    # with fast_dropout, on CPU in float32: attention with dropout as one kernel per (batch, head), and
+    # the output blocks' dropout + residual add + LayerNorm as one kernel (ernie_cl/kernels/; the same
+    # masks as the unfused ops, results equal up to float rounding); false: the unfused ops
+    fused_kernels: Bool = True
     # keep memory a step frees in the process for the next step's tensors (glibc's mmap and trim
     # thresholds raised; ernie_cl/training/allocator.py) instead of new kernel pages every step
     reuse_heap: Bool = True

@@ -1,4 +1,4 @@
-"""Building ernie-cl's CPU kernels (``csrc/``: dropout masks, cross-entropy, attention) on first use, once per machine.
+"""Building ernie-cl's CPU kernels (``csrc/``: dropout masks, cross-entropy, attention, residual LayerNorm) on first use, once per machine.
 
 torch's extension builder compiles the sources with the machine's g++ (which DeepSpeed's CPU
 backend needs anyway) into ``TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``); the
@@ -22,7 +22,8 @@ from pathlib import Path
 
 import torch
 
-SOURCES = [Path(__file__).parent / "csrc" / name for name in ("hash_dropout.cpp", "cross_entropy.cpp", "attention.cpp")]
+SOURCES = [Path(__file__).parent / "csrc" / name for name in ("hash_dropout.cpp", "cross_entropy.cpp", "attention.cpp", "residual_layer_norm.cpp")]
+HEADERS = [Path(__file__).parent / "csrc" / "counter_hash.h"]
 DISABLE_ENV = "ERNIE_CL_NO_KERNELS"  # set to 1: never build or load, use the torch-op paths
 
 
@@ -55,7 +56,7 @@ def _compile_flags() -> list[str]:
 
 
 def _build_name() -> str:
-    digest = hashlib.sha1(b"".join(p.read_bytes() for p in SOURCES) + " ".join(_compile_flags()).encode()).hexdigest()[:8]
+    digest = hashlib.sha1(b"".join(p.read_bytes() for p in SOURCES + HEADERS) + " ".join(_compile_flags()).encode()).hexdigest()[:8]
     return f"ernie_cl_kernels_{digest}_{_cpu_fingerprint()}"
 
 
@@ -70,11 +71,11 @@ def load() -> bool:
 
         name = _build_name()
         if not _built(cpp_extension, name):
-            print("ernie-cl: compiling its CPU kernels (dropout, cross-entropy, attention; once per machine, about 10-20 s)",
+            print("ernie-cl: compiling its CPU kernels (dropout, cross-entropy, attention, LayerNorm; once per machine, about 10-20 s)",
                   file=sys.stderr, flush=True)
         cpp_extension.load(name=name, sources=[str(p) for p in SOURCES], is_python_module=False,
                            extra_cflags=_compile_flags(), extra_ldflags=["-fopenmp"], verbose=False)
-        return all(hasattr(torch.ops.ernie_cl, op) for op in ("hash_dropout", "cross_entropy_forward", "attention_forward"))
+        return all(hasattr(torch.ops.ernie_cl, op) for op in ("hash_dropout", "cross_entropy_forward", "attention_forward", "residual_layer_norm_forward"))
     except Exception as exc:  # no compiler, no ninja, a read-only cache: the torch-op paths still work
         print(f"ernie-cl: CPU kernels unavailable ({str(exc).splitlines()[0][:200]}); using torch ops", file=sys.stderr)
         return False

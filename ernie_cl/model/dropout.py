@@ -31,7 +31,7 @@ import math
 import torch
 from torch import nn
 
-from ernie_cl.kernels import attention as fused_attention
+from ernie_cl.kernels import attention as attention_kernel
 from ernie_cl.kernels import compiled
 
 ATTENTION_NAME = "ernie_cl_sdpa"  # the attn_implementation names registered with transformers:
@@ -127,10 +127,10 @@ def _attention(module, query, key, value, attention_mask, dropout: float = 0.0, 
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     if attention_mask is not None and attention_mask.dtype == torch.bool:
         attention_mask = torch.where(attention_mask, 0.0, torch.finfo(query.dtype).min).to(query.dtype)
-    if fused and dropout < 1.0 and fused_attention.available(query, key, value):
+    if fused and dropout < 1.0 and attention_kernel.available(query, key, value):
         # the same mask draw as the math path below (one seed per call, same element indices)
-        return fused_attention.attention(query, key, value, attention_mask, scale, draw_seed(), threshold(dropout),
-                                         1.0 / (1.0 - dropout)), None
+        return attention_kernel.attention(query, key, value, attention_mask, scale, draw_seed(), threshold(dropout),
+                                          1.0 / (1.0 - dropout)), None
     # scale the queries (S x d) rather than the scores (S x S); the mask is added in place (a free
     # backward), as an additive float mask when SDPA's is boolean (True = may attend)
     scores = torch.matmul(query * scale, key.transpose(-1, -2))

@@ -23,7 +23,7 @@ from ernie_cl.corpus.durable import write_json_durably
 from ernie_cl.data.examples import ExampleStream, to_device
 from ernie_cl.data.preparation import default_cache_dir, prepare
 from ernie_cl.errors import CacheMissingError, CheckpointError, TrainingError
-from ernie_cl.model import dropout
+from ernie_cl.model import dropout, fused_blocks
 from ernie_cl.model.balancing import balancer_from_spec
 from ernie_cl.model.encoder import ErnieEncoder, build_backbone, compile_backbone
 from ernie_cl.model.extras import restore_extras
@@ -286,7 +286,9 @@ def build_model(schedule, model_cfg: dict[str, Any], prepared) -> ErnieEncoder:
     # learned weights (uncertainty) and checkpoints carry every balancer's state.
     model.balancers = torch.nn.ModuleList(balancer_from_spec(s.balancing, s.task_names) for s in schedule.stages)
     if training.fast_dropout and not torch.cuda.is_available():  # GPUs' own dropout is fused and cheap
-        dropout.install(model.backbone, fused_attention=training.fused_attention)
+        dropout.install(model.backbone, fused_attention=training.fused_kernels)
+        if training.fused_kernels:
+            fused_blocks.install(model.backbone)
     if training.compile:
         compile_backbone(model)
     return model
@@ -295,7 +297,7 @@ def build_model(schedule, model_cfg: dict[str, Any], prepared) -> ErnieEncoder:
 # Settings that change how a run reports or paces itself, not what it computes: a resume may change them.
 OPERATIONAL_KEYS = {"schedule.training.log_every", "schedule.training.checkpoint_every", "schedule.training.keep_checkpoints",
                     "schedule.training.threads", "schedule.training.data_workers", "schedule.training.eval_batch_size",
-                    "schedule.training.compile", "schedule.training.fast_dropout", "schedule.training.fused_attention",
+                    "schedule.training.compile", "schedule.training.fast_dropout", "schedule.training.fused_kernels",
                     "schedule.training.reuse_heap"}  # how it runs, not what it computes
 # settings added after checkpoints were already being written: the value such a checkpoint ran with
 EARLIER_BEHAVIOUR = {"schedule.training.fill_chunks": False}  # (a missing key; a changed default shows as a change)

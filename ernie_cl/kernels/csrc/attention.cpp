@@ -21,6 +21,8 @@
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
+#include "counter_hash.h"
+
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
@@ -33,14 +35,8 @@ extern "C" void sgemm_(const char* transa, const char* transb, const int* m, con
 
 namespace {
 
+using ernie_cl::dropout_factors;
 using Vec = at::vec::Vectorized<float>;
-constexpr uint64_t kGamma = 0x9e3779b97f4a7c15ULL;
-
-inline uint64_t splitmix64(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
 
 // Row-major C[m x n] = alpha * op(A) op(B) + beta * C, through column-major sgemm (C^T = op(B)^T op(A)^T).
 void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alpha, const float* a, int64_t lda,
@@ -49,22 +45,6 @@ void gemm(bool trans_a, bool trans_b, int64_t m, int64_t n, int64_t k, float alp
   const int mi = static_cast<int>(n), ni = static_cast<int>(m), ki = static_cast<int>(k);
   const int la = static_cast<int>(ldb), lb = static_cast<int>(lda), lc = static_cast<int>(ldc);
   sgemm_(&tb, &ta, &mi, &ni, &ki, &alpha, b, &la, a, &lb, &beta, c, &lc);
-}
-
-// factor[j] = dropout_scale where element (first + j) of the call's logical tensor survives the
-// dropout, else 0. Floats, not flags: a char store may alias anything, which stops vectorisation.
-void dropout_factors(uint64_t seed, uint64_t first, int64_t count, uint32_t threshold, float dropout_scale,
-                     uint64_t* __restrict words, float* __restrict lanes, float* __restrict factor) {
-  const uint64_t word0 = first >> 2;
-  const int64_t nwords = static_cast<int64_t>(((first + count + 3) >> 2) - word0);
-  for (int64_t w = 0; w < nwords; ++w) words[w] = splitmix64(seed + (word0 + w) * kGamma);
-  // lane k of a word = bits 16k .. 16k+15 (explicit shifts: no dependence on byte order)
-  for (int64_t w = 0; w < nwords; ++w) {
-    for (int k = 0; k < 4; ++k) {
-      lanes[4 * w + k] = ((words[w] >> (16 * k)) & 0xFFFF) >= threshold ? dropout_scale : 0.0f;
-    }
-  }
-  std::memcpy(factor, lanes + (first & 3), count * sizeof(float));
 }
 
 // row <- softmax(row + mask_row) (the probabilities kept for backward); dropped <- row * factor

@@ -13,18 +13,16 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include "counter_hash.h"
+
 #include <cstdint>
 
 namespace {
 
-constexpr uint64_t kGamma = 0x9e3779b97f4a7c15ULL;
-constexpr int64_t kWordsPerBlock = 256;  // 1024 elements: the lanes of a block are hashed, then applied
+using ernie_cl::kGamma;
+using ernie_cl::splitmix64;
 
-inline uint64_t splitmix64(uint64_t z) {
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
-  return z ^ (z >> 31);
-}
+constexpr int64_t kWordsPerBlock = 256;  // 1024 elements: the lanes of a block are hashed, then applied
 
 template <typename scalar_t>
 void apply_mask(const scalar_t* in, scalar_t* out, int64_t n, uint64_t seed, uint32_t threshold, double scale) {

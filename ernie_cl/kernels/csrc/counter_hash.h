@@ -1,0 +1,35 @@
+// The counter-based dropout mask shared by ernie-cl's kernels (the recipe of hash_dropout.cpp):
+// element i of a call is kept when the 16-bit lane (i % 4) of splitmix64(seed + (i / 4) * gamma) is
+// >= threshold (= round(p * 65536)). splitmix64 over a counter (Steele, Lea & Flood, OOPSLA 2014)
+// passes BigCrush; no generator state, so any thread hashes any range and backward hashes again.
+#pragma once
+
+#include <cstdint>
+#include <cstring>
+
+namespace ernie_cl {
+
+constexpr uint64_t kGamma = 0x9e3779b97f4a7c15ULL;  // splitmix64's increment
+
+inline uint64_t splitmix64(uint64_t z) {
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+  return z ^ (z >> 31);
+}
+
+// factor[j] = scale where element (first + j) of the call's logical tensor survives, else 0.
+// Floats, not flags: a char store may alias anything, which stops vectorisation. ``words`` holds
+// count / 4 + 2 values, ``lanes`` count + 8.
+inline void dropout_factors(uint64_t seed, uint64_t first, int64_t count, uint32_t threshold, float scale,
+                            uint64_t* __restrict words, float* __restrict lanes, float* __restrict factor) {
+  const uint64_t word0 = first >> 2;
+  const int64_t nwords = static_cast<int64_t>(((first + count + 3) >> 2) - word0);
+  for (int64_t w = 0; w < nwords; ++w) words[w] = splitmix64(seed + (word0 + w) * kGamma);
+  // lane k of a word = bits 16k .. 16k+15 (explicit shifts: no dependence on byte order)
+  for (int64_t w = 0; w < nwords; ++w) {
+    for (int k = 0; k < 4; ++k) lanes[4 * w + k] = ((words[w] >> (16 * k)) & 0xFFFF) >= threshold ? scale : 0.0f;
+  }
+  std::memcpy(factor, lanes + (first & 3), count * sizeof(float));
+}
+
+}  // namespace ernie_cl
