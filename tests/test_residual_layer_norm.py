@@ -17,29 +17,33 @@ pytestmark = pytest.mark.skipif(not compiled.load(), reason="no C++ compiler: th
 
 
 def tensors(rows: int, width: int, seed: int = 0):
+    """h, residual, LayerNorm weight and bias, h's bias"""
     gen = torch.Generator().manual_seed(seed)
-    return [torch.randn(*shape, generator=gen) for shape in ((rows, width), (rows, width), (width,), (width,))]
+    return [torch.randn(*shape, generator=gen) for shape in ((rows, width), (rows, width), (width,), (width,), (width,))]
 
 
-def run(path: str, h, residual, weight, bias, p: float, seed: int = 3):
-    """Output and the four input gradients, with the RNG at ``seed``."""
-    h, residual, weight, bias = (t.clone().requires_grad_() for t in (h, residual, weight, bias))
+def run(path: str, h, residual, weight, bias, h_bias, p: float, seed: int = 3, with_h_bias: bool = True):
+    """Output and the input gradients, with the RNG at ``seed``."""
+    h, residual, weight, bias, h_bias = (t.clone().requires_grad_() for t in (h, residual, weight, bias, h_bias))
     torch.manual_seed(seed)
     if path == "fused":
         out = residual_layer_norm(h, residual, weight, bias, 1e-12, dropout.draw_seed() if p else 0,
-                                  dropout.threshold(p), 1 / (1 - p))
+                                  dropout.threshold(p), 1 / (1 - p), h_bias=h_bias if with_h_bias else None)
     else:
-        out = F.layer_norm(dropout.cheap_dropout(h, p) + residual, weight.shape, weight, bias, 1e-12)
+        biased = h + h_bias if with_h_bias else h
+        out = F.layer_norm(dropout.cheap_dropout(biased, p) + residual, weight.shape, weight, bias, 1e-12)
     out.backward(torch.randn(out.shape, generator=torch.Generator().manual_seed(1)))
-    return [out.detach(), h.grad, residual.grad, weight.grad, bias.grad]
+    return [out.detach(), h.grad, residual.grad, weight.grad, bias.grad] + ([h_bias.grad] if with_h_bias else [])
 
 
 @pytest.mark.parametrize("rows,width", [(300, 37), (4096, 256), (1, 8)])
 @pytest.mark.parametrize("p", [0.0, 0.3])
-def test_the_kernel_matches_dropout_add_and_layer_norm(rows, width, p):
+@pytest.mark.parametrize("with_h_bias", [True, False])
+def test_the_kernel_matches_dropout_add_and_layer_norm(rows, width, p, with_h_bias):
     inputs = tensors(rows, width)
-    ours, unfused = run("fused", *inputs, p), run("unfused", *inputs, p)
-    for name, a, b in zip(["output", "d h", "d residual", "d weight", "d bias"], ours, unfused):
+    ours, unfused = run("fused", *inputs, p, with_h_bias=with_h_bias), run("unfused", *inputs, p, with_h_bias=with_h_bias)
+    assert len(ours) == len(unfused) == (6 if with_h_bias else 5)
+    for name, a, b in zip(["output", "d h", "d residual", "d weight", "d bias", "d h's bias"], ours, unfused):
         tolerance = 1e-5 * max(1.0, rows / 100)  # the weight and bias gradients sum over the rows
         assert torch.allclose(a, b, atol=tolerance, rtol=1e-4), (name, (a - b).abs().max().item())
     if p and rows > 1:  # negative control: another seed drops other elements

@@ -11,6 +11,8 @@ unfused ops drop for the same seed; values agree with them to float rounding (te
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -28,24 +30,26 @@ def available(h: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bia
 
 class _ResidualLayerNorm(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, h, residual, weight, bias, eps: float, seed: int, limit: int, drop_scale: float):
+    def forward(ctx, h, h_bias, residual, weight, bias, eps: float, seed: int, limit: int, drop_scale: float):
         out, x, mean, rstd = torch.ops.ernie_cl.residual_layer_norm_forward(
-            h.contiguous(), residual.contiguous(), weight.contiguous(), bias.contiguous(), eps, seed, limit, drop_scale)
+            h.contiguous(), None if h_bias is None else h_bias.contiguous(), residual.contiguous(), weight.contiguous(),
+            bias.contiguous(), eps, seed, limit, drop_scale)
         ctx.save_for_backward(x, mean, rstd, weight)
-        ctx.settings = (seed, limit, drop_scale)
+        ctx.settings = (h_bias is not None, seed, limit, drop_scale)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
         x, mean, rstd, weight = ctx.saved_tensors
-        d_h, d_residual, d_weight, d_bias = torch.ops.ernie_cl.residual_layer_norm_backward(
+        d_h, d_residual, d_weight, d_bias, d_h_bias = torch.ops.ernie_cl.residual_layer_norm_backward(
             grad, x, mean, rstd, weight.contiguous(), *ctx.settings)
-        return d_h, d_residual, d_weight, d_bias, None, None, None, None
+        return d_h, (d_h_bias if ctx.settings[0] else None), d_residual, d_weight, d_bias, None, None, None, None
 
 
 def residual_layer_norm(h: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float,
-                        seed: int, limit: int, drop_scale: float) -> torch.Tensor:
-    """``layer_norm(dropout(h) + residual)`` over the last dimension; dropout keeps element i of ``h``
-    when its 16-bit hash lane (seed, i) is >= ``limit`` and scales it by ``drop_scale``."""
-    return _ResidualLayerNorm.apply(h, residual, weight, bias, eps, seed, limit, drop_scale)
+                        seed: int, limit: int, drop_scale: float, h_bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``layer_norm(dropout(h + h_bias) + residual)`` over the last dimension; dropout keeps element i
+    of ``h`` when its 16-bit hash lane (seed, i) is >= ``limit`` and scales it by ``drop_scale``.
+    ``h_bias``: the bias of the linear layer that produced ``h`` (taken without it), or None."""
+    return _ResidualLayerNorm.apply(h, h_bias, residual, weight, bias, eps, seed, limit, drop_scale)

@@ -22,6 +22,8 @@ Two places use it:
   then leaves its fused kernel for the unfused math path and draws with ``bernoulli_``. An attention
   function registered with transformers' ``AttentionInterface`` does that math path itself with the
   cheap mask while training with dropout, and calls the stock SDPA function in every other case.
+  With ``training.fused_kernels`` (``install(fused_attention=True)``) the same computation runs as one
+  kernel per (batch, head) where it applies (``ernie_cl.kernels.attention``), with the same masks.
 """
 
 from __future__ import annotations

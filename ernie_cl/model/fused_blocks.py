@@ -11,7 +11,8 @@ feed-forward sublayer with a module whose forward is exactly::
 
 ``install`` finds those modules by that source (nothing else is touched, so an architecture that
 does something else keeps its own code) and gives them a forward that runs the dropout, the residual
-add and LayerNorm as one kernel (``ernie_cl.kernels.residual_layer_norm``) while training on CPU in
+add and LayerNorm as one kernel (``ernie_cl.kernels.residual_layer_norm``, which also adds the dense
+layer's bias and sums its gradient, so the product is taken without it) while training on CPU in
 float32, with the cheap dropout's mask and seed draw, so a step computes what the unfused ops compute
 up to float rounding. Otherwise (evaluation, other devices, a ZeRO-3 partitioned LayerNorm) it runs
 the module's own ops. Parameters and state dict keys are unchanged.
@@ -23,6 +24,7 @@ import inspect
 import types
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ernie_cl.kernels import residual_layer_norm as fused
@@ -48,13 +50,17 @@ def _matches(module: nn.Module) -> bool:
 
 
 def _fused_forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
-    hidden_states = self.dense(hidden_states)
-    norm, p = self.LayerNorm, self.dropout.p
-    if self.training and p < 1.0 and fused.available(hidden_states, input_tensor, norm.weight, norm.bias):
+    dense, norm, p = self.dense, self.LayerNorm, self.dropout.p
+    whole = dense.weight.shape == (input_tensor.shape[-1], hidden_states.shape[-1])  # not ZeRO-3 partitioned
+    if (self.training and p < 1.0 and whole and (dense.bias is None or dense.bias.shape == (dense.weight.shape[0],))
+            and fused.available(input_tensor, input_tensor, norm.weight, norm.bias) and hidden_states.dtype == torch.float32):
+        # the product without its bias: the kernel adds the bias (no copy into the product's output)
+        # and sums its gradient in the same passes
+        product = F.linear(hidden_states, dense.weight)
         seed = draw_seed() if p > 0.0 else 0  # one draw, as the cheap dropout makes; none at p = 0, as it makes none
-        return fused.residual_layer_norm(hidden_states, input_tensor, norm.weight, norm.bias, norm.eps, seed,
-                                         threshold(p), 1.0 / (1.0 - p))
-    return norm(self.dropout(hidden_states) + input_tensor)
+        return fused.residual_layer_norm(product, input_tensor, norm.weight, norm.bias, norm.eps, seed,
+                                         threshold(p), 1.0 / (1.0 - p), h_bias=dense.bias)
+    return norm(self.dropout(dense(hidden_states)) + input_tensor)
 
 
 def install(backbone: nn.Module) -> int:

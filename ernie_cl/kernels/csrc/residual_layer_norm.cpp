@@ -1,4 +1,4 @@
-// LayerNorm(dropout(h) + residual), forward and backward in one pass over the rows each.
+// LayerNorm(dropout(h + h_bias) + residual), forward and backward in one pass over the rows each.
 //
 // BERT-style blocks end every sublayer with dropout, the residual add and LayerNorm: three ops
 // forward (each reading and writing a [tokens x hidden] tensor) and three backward, plus the
@@ -37,13 +37,19 @@ void check(const at::Tensor& t, const char* what) {
               "ernie_cl::residual_layer_norm: ", what, " must be a contiguous float32 CPU tensor");
 }
 
-// (output, x = dropout(h) + residual, mean, rstd)
+// (output, x = dropout(h + h_bias) + residual, mean, rstd); h_bias (the preceding linear layer's bias,
+// which then need not be copied into its output) is optional
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> residual_layer_norm_forward(
-    const at::Tensor& h, const at::Tensor& residual, const at::Tensor& weight, const at::Tensor& bias, double eps,
-    int64_t seed, int64_t threshold, double dropout_scale) {
+    const at::Tensor& h, const std::optional<at::Tensor>& h_bias, const at::Tensor& residual, const at::Tensor& weight,
+    const at::Tensor& bias, double eps, int64_t seed, int64_t threshold, double dropout_scale) {
   check(h, "h"), check(residual, "the residual"), check(weight, "the weight"), check(bias, "the bias");
   TORCH_CHECK(h.sizes() == residual.sizes() && h.dim() >= 1 && weight.numel() == h.size(-1) && bias.numel() == h.size(-1),
               "ernie_cl::residual_layer_norm: h and the residual must have one shape, the weight and bias its last size");
+  if (h_bias) {
+    check(*h_bias, "h's bias");
+    TORCH_CHECK(h_bias->numel() == h.size(-1), "ernie_cl::residual_layer_norm: h's bias must have h's last size");
+  }
+  const float* hbp = h_bias ? h_bias->const_data_ptr<float>() : nullptr;
   const int64_t width = h.size(-1), rows = width ? h.numel() / width : 0;
   at::Tensor out = at::empty_like(h), x = at::empty_like(h);
   at::Tensor mean = at::empty({rows}, h.options()), rstd = at::empty({rows}, h.options());
@@ -60,7 +66,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> residual_layer_norm_f
       dropout_factors(static_cast<uint64_t>(seed), static_cast<uint64_t>(row), width, static_cast<uint32_t>(threshold),
                       scale, words.data(), lanes.data(), factor.data());
       float* xr = xp + row;
-      at::vec::map3([](Vec a, Vec f, Vec r) { return a * f + r; }, xr, hp + row, factor.data(), rp + row, width);
+      for (int64_t j = 0; j < width; j += Vec::size()) {
+        const int64_t c = std::min<int64_t>(Vec::size(), width - j);
+        Vec a = Vec::loadu(hp + row + j, c);
+        if (hbp) a = a + Vec::loadu(hbp + j, c);
+        (a * Vec::loadu(factor.data() + j, c) + Vec::loadu(rp + row + j, c)).store(xr + j, c);
+      }
       const float mu = row_sum(xr, width) / static_cast<float>(width);
       const float var = at::vec::map_reduce_all<float>([mu](Vec v) { return (v - Vec(mu)) * (v - Vec(mu)); },
                                                        [](Vec a, Vec b) { return a + b; }, xr, width) / static_cast<float>(width);
@@ -72,10 +83,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> residual_layer_norm_f
   return {out, x, mean, rstd};
 }
 
-// (d h, d residual, d weight, d bias)
-std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> residual_layer_norm_backward(
+// (d h, d residual, d weight, d bias, d h_bias: the column sums of d h, or an empty tensor unless asked)
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> residual_layer_norm_backward(
     const at::Tensor& grad_in, const at::Tensor& x, const at::Tensor& mean, const at::Tensor& rstd,
-    const at::Tensor& weight, int64_t seed, int64_t threshold, double dropout_scale) {
+    const at::Tensor& weight, bool with_h_bias, int64_t seed, int64_t threshold, double dropout_scale) {
   const at::Tensor grad = grad_in.contiguous();
   check(grad, "the gradient"), check(x, "x"), check(weight, "the weight");
   TORCH_CHECK(grad.sizes() == x.sizes(), "ernie_cl::residual_layer_norm: the gradient must have the output's shape");
@@ -83,6 +94,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> residual_layer_norm_b
   const int64_t blocks = (rows + kRowsPerBlock - 1) / kRowsPerBlock;
   at::Tensor d_h = at::empty_like(x), d_res = at::empty_like(x);
   std::vector<float> partial_w(blocks * width, 0.0f), partial_b(blocks * width, 0.0f);
+  std::vector<float> partial_hb(with_h_bias ? blocks * width : 0, 0.0f);
   const float *gp = grad.const_data_ptr<float>(), *xp = x.const_data_ptr<float>();
   const float *mp = mean.const_data_ptr<float>(), *sp = rstd.const_data_ptr<float>(), *wp = weight.const_data_ptr<float>();
   float *dhp = d_h.mutable_data_ptr<float>(), *drp = d_res.mutable_data_ptr<float>();
@@ -111,25 +123,34 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> residual_layer_norm_b
         dropout_factors(static_cast<uint64_t>(seed), static_cast<uint64_t>(row), width, static_cast<uint32_t>(threshold),
                         scale, words.data(), lanes.data(), factor.data());
         at::vec::map2([](Vec d, Vec f) { return d * f; }, dhp + row, dr, factor.data(), width);
+        if (with_h_bias) {
+          float* sum_hb = partial_hb.data() + block * width;
+          at::vec::map2([](Vec s, Vec d) { return s + d; }, sum_hb, sum_hb, dhp + row, width);
+        }
       }
     }
   });
   at::Tensor d_weight = at::zeros_like(weight), d_bias = at::zeros_like(weight);
+  at::Tensor d_h_bias = with_h_bias ? at::zeros_like(weight) : at::empty({0}, weight.options());
   float *dwp = d_weight.mutable_data_ptr<float>(), *dbp = d_bias.mutable_data_ptr<float>();
   for (int64_t block = 0; block < blocks; ++block) {  // in order: independent of the thread count
     at::vec::map2([](Vec a, Vec b) { return a + b; }, dwp, dwp, partial_w.data() + block * width, width);
     at::vec::map2([](Vec a, Vec b) { return a + b; }, dbp, dbp, partial_b.data() + block * width, width);
+    if (with_h_bias) {
+      float* dhb = d_h_bias.mutable_data_ptr<float>();
+      at::vec::map2([](Vec a, Vec b) { return a + b; }, dhb, dhb, partial_hb.data() + block * width, width);
+    }
   }
-  return {d_h, d_res, d_weight, d_bias};
+  return {d_h, d_res, d_weight, d_bias, d_h_bias};
 }
 
 }  // namespace
 
 TORCH_LIBRARY_FRAGMENT(ernie_cl, m) {
-  m.def("residual_layer_norm_forward(Tensor h, Tensor residual, Tensor weight, Tensor bias, float eps, int seed, "
-        "int threshold, float dropout_scale) -> (Tensor, Tensor, Tensor, Tensor)");
-  m.def("residual_layer_norm_backward(Tensor grad, Tensor x, Tensor mean, Tensor rstd, Tensor weight, int seed, "
-        "int threshold, float dropout_scale) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("residual_layer_norm_forward(Tensor h, Tensor? h_bias, Tensor residual, Tensor weight, Tensor bias, float eps, "
+        "int seed, int threshold, float dropout_scale) -> (Tensor, Tensor, Tensor, Tensor)");
+  m.def("residual_layer_norm_backward(Tensor grad, Tensor x, Tensor mean, Tensor rstd, Tensor weight, bool with_h_bias, "
+        "int seed, int threshold, float dropout_scale) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(ernie_cl, CPU, m) {
