@@ -35,6 +35,8 @@ from throughput import schedule  # noqa: E402  (the benchmark's own generated sc
 # operator name (substring, checked in order) -> kind; backward ops carry their forward's kind
 KINDS = [
     ("scaled_dot_product", "attention"), ("_flash_attention", "attention"), ("_efficient_attention", "attention"),
+    ("ernie_cl::attention", "attention"),  # the fused kernel: its products, softmax and dropout inside
+    ("residual_layer_norm", "layernorm"),  # the fused kernel: dropout + residual add + LayerNorm
     ("addmm", "matmul"), ("aten::mm", "matmul"), ("aten::bmm", "matmul"), ("matmul", "matmul"), ("linear", "matmul"),
     ("layer_norm", "layernorm"), ("gelu", "gelu"),
     ("dropout", "dropout"), ("bernoulli", "dropout"), ("random_", "dropout"), ("bitwise_and", "dropout"),  # cheap masks
