@@ -110,3 +110,27 @@ def test_only_blocks_with_exactly_that_forward_and_cheap_dropout_are_patched():
 
     assert fused_blocks.install(nn.Sequential(PostNorm())) == 0
     assert fused_blocks.install(bert()) == 0  # torch's nn.Dropout still in place (fast_dropout off)
+
+
+def test_zero3_parameters_keep_the_modules_own_calls(monkeypatch):
+    """A ZeRO-3 parameter (DeepSpeed marks it with ds_id) is gathered by its module's forward hook,
+    so a block holding one must call its modules, not the kernel; the output stays the block's."""
+    from ernie_cl.kernels import residual_layer_norm as kernel
+
+    backbone = bert()
+    dropout.install(backbone, fused_attention=False)
+    fused_blocks.install(backbone)
+    block = backbone.encoder.layer[0].output
+    calls = []
+    real = kernel.residual_layer_norm
+    monkeypatch.setattr(kernel, "residual_layer_norm", lambda *a, **k: calls.append(1) or real(*a, **k))
+    x, residual = torch.randn(2, 5, 64), torch.randn(2, 5, 32)
+    block.train()
+    block(x, residual)
+    assert len(calls) == 1  # the plain block runs the kernel
+    block.dense.weight.ds_id = 7
+    torch.manual_seed(0)
+    out = block(x, residual)
+    assert len(calls) == 1
+    torch.manual_seed(0)
+    assert torch.equal(out, block.LayerNorm(block.dropout(block.dense(x)) + residual))

@@ -14,8 +14,8 @@ does something else keeps its own code) and gives them a forward that runs the d
 add and LayerNorm as one kernel (``ernie_cl.kernels.residual_layer_norm``, which also adds the dense
 layer's bias and sums its gradient, so the product is taken without it) while training on CPU in
 float32, with the cheap dropout's mask and seed draw, so a step computes what the unfused ops compute
-up to float rounding. Otherwise (evaluation, other devices, a ZeRO-3 partitioned LayerNorm) it runs
-the module's own ops. Parameters and state dict keys are unchanged.
+up to float rounding. Otherwise (evaluation, other devices, ZeRO-3 parameters) it runs the module's
+own ops. Parameters and state dict keys are unchanged.
 """
 
 from __future__ import annotations
@@ -51,9 +51,14 @@ def _matches(module: nn.Module) -> bool:
 
 def _fused_forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
     dense, norm, p = self.dense, self.LayerNorm, self.dropout.p
-    whole = dense.weight.shape == (input_tensor.shape[-1], hidden_states.shape[-1])  # not ZeRO-3 partitioned
-    if (self.training and p < 1.0 and whole and (dense.bias is None or dense.bias.shape == (dense.weight.shape[0],))
-            and fused.available(input_tensor, input_tensor, norm.weight, norm.bias) and hidden_states.dtype == torch.float32):
+    # ZeRO-3 parameters (ds_id) are gathered by their own modules' forward hooks, and its prefetching
+    # follows the modules' call order: those blocks keep the modules' own calls
+    plain = not any(hasattr(w, "ds_id") for w in (dense.weight, norm.weight))
+    whole = dense.weight.shape == (input_tensor.shape[-1], hidden_states.shape[-1])
+    if (self.training and p < 1.0 and plain and whole and hidden_states.dtype == torch.float32
+            and (dense.bias is None or dense.bias.shape == (dense.weight.shape[0],))
+            # the product will have the residual's shape
+            and fused.available(input_tensor, input_tensor, norm.weight, norm.bias)):
         # the product without its bias: the kernel adds the bias (no copy into the product's output)
         # and sums its gradient in the same passes
         product = F.linear(hidden_states, dense.weight)
