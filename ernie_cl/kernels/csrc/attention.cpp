@@ -131,7 +131,8 @@ std::tuple<at::Tensor, at::Tensor> attention_forward(const at::Tensor& q, const 
   float* pp = probs.mutable_data_ptr<float>();
   const float drop_scale = static_cast<float>(dropout_scale);
   at::parallel_for(0, d.batch * d.heads, 1, [&](int64_t first, int64_t last) {
-    std::vector<float> dropped(d.sq * d.sk), factor(d.sk), lanes(d.sk + 8);
+    std::vector<float> dropped(d.sq * d.sk), factor(d.sk);
+    std::vector<uint16_t> lanes(d.sk + 8);
     std::vector<uint64_t> words(d.sk / 4 + 2);
     for (int64_t bh = first; bh < last; ++bh) {
       const int64_t b = bh / d.heads, h = bh % d.heads;
@@ -182,7 +183,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> attention_backward(const at::Tens
   const float drop_scale = static_cast<float>(dropout_scale);
   const int64_t row = d.heads * d.dim;  // row stride of every [B, S, H, d] tensor
   at::parallel_for(0, d.batch * d.heads, 1, [&](int64_t first, int64_t last) {
-    std::vector<float> dropped(d.sq * d.sk), dprobs(d.sq * d.sk), factors(d.sq * d.sk), lanes(d.sk + 8);
+    std::vector<float> dropped(d.sq * d.sk), dprobs(d.sq * d.sk), factors(d.sq * d.sk);
+    std::vector<uint16_t> lanes(d.sk + 8);
     std::vector<uint64_t> words(d.sk / 4 + 2);
     for (int64_t bh = first; bh < last; ++bh) {
       const int64_t b = bh / d.heads, h = bh % d.heads;

@@ -19,17 +19,18 @@ inline uint64_t splitmix64(uint64_t z) {
 
 // factor[j] = scale where element (first + j) of the call's logical tensor survives, else 0.
 // Floats, not flags: a char store may alias anything, which stops vectorisation. ``words`` holds
-// count / 4 + 2 values, ``lanes`` count + 8.
+// count / 4 + 2 values, ``lanes`` 4 * that many. Lane k of a word is bits 16k .. 16k+15, which on a
+// little-endian machine is the word's k-th 16-bit half in memory (ernie_cl/kernels/compiled.py
+// builds the kernels only on little-endian machines), so one copy lays the lanes out in element
+// order and the compare below vectorises.
 inline void dropout_factors(uint64_t seed, uint64_t first, int64_t count, uint32_t threshold, float scale,
-                            uint64_t* __restrict words, float* __restrict lanes, float* __restrict factor) {
+                            uint64_t* __restrict words, uint16_t* __restrict lanes, float* __restrict factor) {
   const uint64_t word0 = first >> 2;
   const int64_t nwords = static_cast<int64_t>(((first + count + 3) >> 2) - word0);
   for (int64_t w = 0; w < nwords; ++w) words[w] = splitmix64(seed + (word0 + w) * kGamma);
-  // lane k of a word = bits 16k .. 16k+15 (explicit shifts: no dependence on byte order)
-  for (int64_t w = 0; w < nwords; ++w) {
-    for (int k = 0; k < 4; ++k) lanes[4 * w + k] = ((words[w] >> (16 * k)) & 0xFFFF) >= threshold ? scale : 0.0f;
-  }
-  std::memcpy(factor, lanes + (first & 3), count * sizeof(float));
+  std::memcpy(lanes, words, nwords * sizeof(uint64_t));
+  const uint16_t* lane = lanes + (first & 3);
+  for (int64_t j = 0; j < count; ++j) factor[j] = lane[j] >= threshold ? scale : 0.0f;
 }
 
 }  // namespace ernie_cl

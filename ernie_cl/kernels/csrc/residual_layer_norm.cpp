@@ -59,7 +59,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> residual_layer_norm_f
   float *mp = mean.mutable_data_ptr<float>(), *sp = rstd.mutable_data_ptr<float>();
   const float scale = static_cast<float>(dropout_scale);
   at::parallel_for(0, rows, 16, [&](int64_t first, int64_t last) {
-    std::vector<float> factor(width), lanes(width + 8);
+    std::vector<float> factor(width);
+    std::vector<uint16_t> lanes(width + 8);
     std::vector<uint64_t> words(width / 4 + 2);
     for (int64_t i = first; i < last; ++i) {
       const int64_t row = i * width;
@@ -100,7 +101,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> residual_
   float *dhp = d_h.mutable_data_ptr<float>(), *drp = d_res.mutable_data_ptr<float>();
   const float scale = static_cast<float>(dropout_scale);
   at::parallel_for(0, blocks, 1, [&](int64_t first_block, int64_t last_block) {
-    std::vector<float> factor(width), lanes(width + 8), xhat(width), gw(width);
+    std::vector<float> factor(width), xhat(width), gw(width);
+    std::vector<uint16_t> lanes(width + 8);
     std::vector<uint64_t> words(width / 4 + 2);
     for (int64_t block = first_block; block < last_block; ++block) {
       float* sum_w = partial_w.data() + block * width;
