@@ -129,3 +129,22 @@ def test_the_installed_model_trains_the_same_with_and_without_the_kernel(monkeyp
     (out_on, grads_on), (out_off, grads_off) = results
     assert torch.allclose(out_on, out_off, atol=1e-5)
     assert all(torch.allclose(a, b, atol=1e-5, rtol=1e-4) for a, b in zip(grads_on, grads_off))
+
+
+def test_without_dropout_training_steps_take_the_kernel_and_evaluation_keeps_sdpa(monkeypatch):
+    """At p = 0 the kernel is faster than SDPA's flash kernel for a training step (forward + backward),
+    so it takes those; a forward without gradients (evaluation) stays with the stock SDPA function."""
+    calls = []
+    kernel = fused.attention
+    monkeypatch.setattr(fused, "attention", lambda *args: calls.append(1) or kernel(*args))
+    q, k, v = projections(2, 4, 24, 24, 16, "projection views")
+    mask = padding_mask(2, 24, 24)
+    stock = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=0.25).transpose(1, 2)
+    ours, _ = dropout._attention(torch.nn.Module(), q, k, v, mask, dropout=0.0, scaling=0.25, fused=True)
+    assert len(calls) == 1 and torch.allclose(ours, stock, atol=1e-6)
+    ours.sum().backward()
+    assert q.grad is not None and k.grad is not None and v.grad is not None
+    with torch.no_grad():
+        dropout._attention(torch.nn.Module(), q, k, v, mask, dropout=0.0, scaling=0.25, fused=True)
+    dropout._attention(torch.nn.Module(), q, k, v, mask, dropout=0.0, scaling=0.25, fused=False)
+    assert len(calls) == 1

@@ -116,22 +116,26 @@ def _fused_attention(module, query, key, value, attention_mask, dropout: float =
 
 def _attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, fused: bool = False,
                **kwargs):
-    """SDPA's math path with the cheap mask (or, ``fused``, the same computation in one kernel per
-    batch and head) when training with dropout; the stock SDPA function (fused kernels) otherwise, and
-    for anything this does not handle (causal, GQA, biases, softcap)."""
+    """SDPA's math path with the cheap mask when training with dropout, or, ``fused``, the same
+    computation in one kernel per batch and head (which also takes training steps without dropout:
+    there it is faster than SDPA's flash kernel, README "Performance"); the stock SDPA function
+    otherwise, and for anything this does not handle (causal, GQA, biases, softcap)."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    plain = (dropout > 0.0 and query.shape[2] > 1 and not getattr(module, "is_causal", False)
-             and getattr(module, "num_key_value_groups", 1) == 1 and kwargs.get("position_bias") is None
-             and kwargs.get("softcap") is None and key.shape[1] == query.shape[1])
-    if not plain:
+    supported = (query.shape[2] > 1 and not getattr(module, "is_causal", False)
+                 and getattr(module, "num_key_value_groups", 1) == 1 and kwargs.get("position_bias") is None
+                 and kwargs.get("softcap") is None and key.shape[1] == query.shape[1])
+    kernel = fused and supported and dropout < 1.0 and attention_kernel.available(query, key, value)
+    training_step = dropout > 0.0 or (torch.is_grad_enabled() and query.requires_grad)
+    if not (supported and dropout > 0.0) and not (kernel and training_step):
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     if attention_mask is not None and attention_mask.dtype == torch.bool:
         attention_mask = torch.where(attention_mask, 0.0, torch.finfo(query.dtype).min).to(query.dtype)
-    if fused and dropout < 1.0 and attention_kernel.available(query, key, value):
-        # the same mask draw as the math path below (one seed per call, same element indices)
-        return attention_kernel.attention(query, key, value, attention_mask, scale, draw_seed(), threshold(dropout),
+    if kernel:
+        # the same mask draw as the math path below (one seed per call, same element indices; none at p = 0)
+        seed = draw_seed() if dropout > 0.0 else 0
+        return attention_kernel.attention(query, key, value, attention_mask, scale, seed, threshold(dropout),
                                           1.0 / (1.0 - dropout)), None
     # scale the queries (S x d) rather than the scores (S x S); the mask is added in place (a free
     # backward), as an additive float mask when SDPA's is boolean (True = may attend)

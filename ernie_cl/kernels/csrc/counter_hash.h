@@ -25,6 +25,10 @@ inline uint64_t splitmix64(uint64_t z) {
 // order and the compare below vectorises.
 inline void dropout_factors(uint64_t seed, uint64_t first, int64_t count, uint32_t threshold, float scale,
                             uint64_t* __restrict words, uint16_t* __restrict lanes, float* __restrict factor) {
+  if (threshold == 0) {  // p = 0: every element kept, nothing to hash
+    for (int64_t j = 0; j < count; ++j) factor[j] = scale;
+    return;
+  }
   const uint64_t word0 = first >> 2;
   const int64_t nwords = static_cast<int64_t>(((first + count + 3) >> 2) - word0);
   for (int64_t w = 0; w < nwords; ++w) words[w] = splitmix64(seed + (word0 + w) * kGamma);
