@@ -14,6 +14,7 @@ kernel drops exactly what the math path drops; outputs and gradients agree with 
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -27,7 +28,13 @@ def available(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> bo
     an MKL sgemm (torch's x86 builds have one)."""
     return (all(t.device.type == "cpu" and t.dtype == torch.float32 and t.dim() == 4 and t.stride(-1) == 1
                 for t in (query, key, value))
-            and compiled.load() and bool(torch.ops.ernie_cl.attention_available()))
+            and _has_sgemm())
+
+
+@functools.cache
+def _has_sgemm() -> bool:
+    """The kernels are built and found MKL's sgemm in this torch (asked once: it is called per layer)."""
+    return compiled.load() and bool(torch.ops.ernie_cl.attention_available())
 
 
 class _FusedAttention(torch.autograd.Function):

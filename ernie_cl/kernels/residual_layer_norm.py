@@ -19,13 +19,14 @@ from torch.autograd.function import once_differentiable
 from ernie_cl.kernels import compiled
 
 
-def available(h: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> bool:
-    """float32 CPU tensors of one shape, a whole affine LayerNorm over the last dimension (a ZeRO-3
-    partitioned parameter is empty outside its module's forward), the kernels built."""
-    width = h.shape[-1] if h.dim() else 0
-    return (h.device.type == "cpu" and h.dtype == torch.float32 and residual.shape == h.shape
-            and residual.dtype == torch.float32 and weight.shape == (width,) and bias is not None
-            and bias.shape == (width,) and weight.dtype == bias.dtype == torch.float32 and compiled.load())
+def available(residual: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> bool:
+    """For an ``h`` of the residual's shape: float32 CPU tensors, a whole affine LayerNorm over the
+    last dimension (a ZeRO-3 partitioned parameter is empty outside its module's forward), the
+    kernels built."""
+    width = residual.shape[-1] if residual.dim() else 0
+    return (residual.device.type == "cpu" and residual.dtype == torch.float32 and weight.shape == (width,)
+            and bias is not None and bias.shape == (width,) and weight.dtype == bias.dtype == torch.float32
+            and compiled.load())
 
 
 class _ResidualLayerNorm(torch.autograd.Function):

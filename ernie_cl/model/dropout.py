@@ -12,8 +12,8 @@ resume exact. Nothing is stored for backward: the backward pass hashes the same 
 The mask does not depend on the thread count. ``ernie_cl/kernels/csrc/hash_dropout.cpp`` does
 hash, compare and scale in one multi-threaded pass (``ernie_cl/kernels/compiled.py`` builds it once
 per machine); ``hash_keep_mask`` is the same recipe in torch ops, used where the kernel is not
-available (no compiler, a non-CPU tensor) and by the tests, which hold the two equal bit for bit. Same distribution as torch's dropout up to p being
-rounded to a multiple of 1/65536 (0.1 -> 0.100006).
+available (no compiler, a non-CPU tensor) and by the tests, which hold the two equal bit for bit.
+Same distribution as torch's dropout up to p being rounded to a multiple of 1/65536 (0.1 -> 0.100006).
 
 Two places use it:
 - every ``nn.Dropout`` of the backbone (embeddings, attention output, feed-forward output) becomes a
@@ -125,9 +125,9 @@ def _attention(module, query, key, value, attention_mask, dropout: float = 0.0, 
     supported = (query.shape[2] > 1 and not getattr(module, "is_causal", False)
                  and getattr(module, "num_key_value_groups", 1) == 1 and kwargs.get("position_bias") is None
                  and kwargs.get("softcap") is None and key.shape[1] == query.shape[1])
-    kernel = fused and supported and dropout < 1.0 and attention_kernel.available(query, key, value)
     training_step = dropout > 0.0 or (torch.is_grad_enabled() and query.requires_grad)
-    if not (supported and dropout > 0.0) and not (kernel and training_step):
+    kernel = fused and supported and dropout < 1.0 and training_step and attention_kernel.available(query, key, value)
+    if not kernel and not (supported and dropout > 0.0):  # neither the kernel nor the math path
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
     if attention_mask is not None and attention_mask.dtype == torch.bool:

@@ -57,8 +57,7 @@ def _fused_forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor
     whole = dense.weight.shape == (input_tensor.shape[-1], hidden_states.shape[-1])
     if (self.training and p < 1.0 and plain and whole and hidden_states.dtype == torch.float32
             and (dense.bias is None or dense.bias.shape == (dense.weight.shape[0],))
-            # the product will have the residual's shape
-            and fused.available(input_tensor, input_tensor, norm.weight, norm.bias)):
+            and fused.available(input_tensor, norm.weight, norm.bias)):  # the product has the residual's shape
         # the product without its bias: the kernel adds the bias (no copy into the product's output)
         # and sums its gradient in the same passes
         product = F.linear(hidden_states, dense.weight)

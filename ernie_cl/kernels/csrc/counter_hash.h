@@ -17,12 +17,19 @@ inline uint64_t splitmix64(uint64_t z) {
   return z ^ (z >> 31);
 }
 
+// lanes[4w + k] = lane k of word (word0 + w), for nwords words. Lane k of a word is bits 16k .. 16k+15,
+// which on a little-endian machine is the word's k-th 16-bit half in memory
+// (ernie_cl/kernels/compiled.py builds the kernels only on little-endian machines), so one copy lays
+// the lanes out in element order. ``words`` is scratch of nwords values.
+inline void hash_lanes(uint64_t seed, uint64_t word0, int64_t nwords, uint64_t* __restrict words,
+                       uint16_t* __restrict lanes) {
+  for (int64_t w = 0; w < nwords; ++w) words[w] = splitmix64(seed + (word0 + w) * kGamma);  // vectorises
+  std::memcpy(lanes, words, nwords * sizeof(uint64_t));
+}
+
 // factor[j] = scale where element (first + j) of the call's logical tensor survives, else 0.
 // Floats, not flags: a char store may alias anything, which stops vectorisation. ``words`` holds
-// count / 4 + 2 values, ``lanes`` 4 * that many. Lane k of a word is bits 16k .. 16k+15, which on a
-// little-endian machine is the word's k-th 16-bit half in memory (ernie_cl/kernels/compiled.py
-// builds the kernels only on little-endian machines), so one copy lays the lanes out in element
-// order and the compare below vectorises.
+// count / 4 + 2 values, ``lanes`` 4 * that many.
 inline void dropout_factors(uint64_t seed, uint64_t first, int64_t count, uint32_t threshold, float scale,
                             uint64_t* __restrict words, uint16_t* __restrict lanes, float* __restrict factor) {
   if (threshold == 0) {  // p = 0: every element kept, nothing to hash
@@ -30,9 +37,7 @@ inline void dropout_factors(uint64_t seed, uint64_t first, int64_t count, uint32
     return;
   }
   const uint64_t word0 = first >> 2;
-  const int64_t nwords = static_cast<int64_t>(((first + count + 3) >> 2) - word0);
-  for (int64_t w = 0; w < nwords; ++w) words[w] = splitmix64(seed + (word0 + w) * kGamma);
-  std::memcpy(lanes, words, nwords * sizeof(uint64_t));
+  hash_lanes(seed, word0, static_cast<int64_t>(((first + count + 3) >> 2) - word0), words, lanes);
   const uint16_t* lane = lanes + (first & 3);
   for (int64_t j = 0; j < count; ++j) factor[j] = lane[j] >= threshold ? scale : 0.0f;
 }

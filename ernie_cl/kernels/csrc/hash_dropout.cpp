@@ -19,9 +19,6 @@
 
 namespace {
 
-using ernie_cl::kGamma;
-using ernie_cl::splitmix64;
-
 constexpr int64_t kWordsPerBlock = 256;  // 1024 elements: the lanes of a block are hashed, then applied
 
 template <typename scalar_t>
@@ -35,14 +32,7 @@ void apply_mask(const scalar_t* in, scalar_t* out, int64_t n, uint64_t seed, uin
     uint16_t lanes[4 * kWordsPerBlock];
     for (int64_t block = first; block < last; ++block) {
       const int64_t word0 = block * kWordsPerBlock;
-      for (int64_t w = 0; w < kWordsPerBlock; ++w) {  // vectorises (64-bit multiplies)
-        bits[w] = splitmix64(seed + static_cast<uint64_t>(word0 + w) * kGamma);
-      }
-      // lane k of a word = bits (16k .. 16k+15), written out explicitly so the order does not
-      // depend on the machine's byte order
-      for (int64_t w = 0; w < kWordsPerBlock; ++w) {
-        for (int k = 0; k < 4; ++k) lanes[4 * w + k] = static_cast<uint16_t>(bits[w] >> (16 * k));
-      }
+      ernie_cl::hash_lanes(seed, static_cast<uint64_t>(word0), kWordsPerBlock, bits, lanes);
       const int64_t start = 4 * word0;
       const int64_t count = std::min<int64_t>(4 * kWordsPerBlock, n - start);
       const scalar_t* src = in + start;
