@@ -497,5 +497,39 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return 1
 
 
+def run() -> NoReturn:
+    """The console entry point: ``main()``, then the process ends.
+
+    A process that took part in a multi-process group ends with ``os._exit`` once the atexit
+    handlers have run and the streams are flushed. Gloo's worker threads drop each finished
+    collective (and its tensors) a moment after the caller saw it complete; one that does so
+    while the interpreter is shutting down cannot take the GIL, exits in the middle of a C++
+    destructor and aborts the process ("terminate called without an active exception"), turning
+    a finished run into a failed one. Destroying the group does not join those threads while
+    DeepSpeed's ZeRO-3 parameters still hold it, so the shutdown is skipped instead: everything
+    the run wrote is closed by then."""
+    exit_process(main())
+
+
+def exit_process(code: int) -> NoReturn:
+    """End this process with ``code``; see ``run`` for why a multi-process rank skips the shutdown."""
+    if _in_multi_process_group():
+        import atexit
+
+        atexit._run_exitfuncs()  # wandb, multiprocessing, logging: what a normal exit would run
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
+def _in_multi_process_group() -> bool:
+    if "torch.distributed" not in sys.modules:  # a command that never imported torch joined no group
+        return False
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()
