@@ -526,9 +526,9 @@ def exit_process(code: int) -> NoReturn:
 def _in_multi_process_group() -> bool:
     if "torch.distributed" not in sys.modules:  # a command that never imported torch joined no group
         return False
-    import torch.distributed as dist
+    from ernie_cl.training.distributed import in_multi_process_group
 
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    return in_multi_process_group()
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def _active() -> bool:
     return torch.distributed.is_available() and torch.distributed.is_initialized()
 
 
-def _multi() -> bool:
+def in_multi_process_group() -> bool:
     return _active() and torch.distributed.get_world_size() > 1
 
 
@@ -79,7 +79,7 @@ def _device() -> torch.device:
 
 
 def barrier() -> None:
-    if _multi():
+    if in_multi_process_group():
         torch.distributed.barrier()
 
 
@@ -97,7 +97,7 @@ def main_first() -> Iterator[None]:
 
 def any_rank(flag: bool) -> bool:
     """True on every rank when it is true on any (a stop signal that reached one rank)."""
-    if not _multi():
+    if not in_multi_process_group():
         return flag
     value = torch.tensor([1.0 if flag else 0.0], dtype=torch.float64, device=_device())
     torch.distributed.all_reduce(value, op=torch.distributed.ReduceOp.MAX)
@@ -106,7 +106,7 @@ def any_rank(flag: bool) -> bool:
 
 def check_same(value: Any, what: str) -> None:
     """Refuse to go on when the ranks disagree on ``value`` (e.g. different schedule files)."""
-    if not _multi():
+    if not in_multi_process_group():
         return
     digest = hashlib.sha256(json.dumps(value, default=str).encode()).hexdigest()
     gathered: list[Optional[str]] = [None] * torch.distributed.get_world_size()
@@ -123,7 +123,7 @@ def global_view(losses: Mapping[str, torch.Tensor], accuracies: Mapping[str, flo
     + mean``): loss balancers then compute the same weights on every rank, the engine still averages
     the ranks' gradients, and a non-finite loss on one rank makes the value non-finite everywhere,
     so all ranks skip that step together."""
-    if not _multi():
+    if not in_multi_process_group():
         return dict(losses), dict(accuracies), tokens
     names = list(losses)
     local = torch.tensor([float(losses[n].detach()) for n in names] + [float(accuracies[n]) for n in names] + [float(tokens)],
