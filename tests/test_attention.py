@@ -148,3 +148,122 @@ def test_without_dropout_training_steps_take_the_kernel_and_evaluation_keeps_sdp
         dropout._attention(torch.nn.Module(), q, k, v, mask, dropout=0.0, scaling=0.25, fused=True)
     dropout._attention(torch.nn.Module(), q, k, v, mask, dropout=0.0, scaling=0.25, fused=False)
     assert len(calls) == 1
+
+
+def packed_run(qkv, bias, heads: int, mask, p: float, scale: float, packed: bool, seed: int = 7):
+    """Output and the gradients of the packed projection and its bias: the packed kernel, or the
+    unpacked kernel on the three parts of (qkv + bias)."""
+    qkv = qkv.detach().clone().requires_grad_()
+    bias = None if bias is None else bias.detach().clone().requires_grad_()
+    additive = None if mask is None else torch.where(mask, 0.0, torch.finfo(torch.float32).min)
+    torch.manual_seed(seed)
+    if packed:
+        out = fused.packed_attention(qkv, bias, heads, additive, scale, dropout.draw_seed(), dropout.threshold(p), 1 / (1 - p))
+    else:
+        batch, length, width = qkv.shape
+        parts = (qkv if bias is None else qkv + bias).view(batch, length, 3, heads, width // (3 * heads))
+        q, k, v = (parts[:, :, i].transpose(1, 2) for i in range(3))
+        out = fused.attention(q, k, v, additive, scale, dropout.draw_seed(), dropout.threshold(p), 1 / (1 - p))
+    (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(1))).sum().backward()
+    return [out.detach(), qkv.grad] + ([] if bias is None else [bias.grad])
+
+
+@pytest.mark.parametrize("batch,heads,length,dim,with_bias", [
+    (3, 4, 37, 16, True),   # a length that is no multiple of 4 or of the vector width
+    (2, 4, 128, 64, True),  # the benchmark's head size and length
+    (2, 3, 9, 5, False),    # an odd head size, no bias
+])
+def test_packed_attention_matches_the_kernel_on_the_biased_parts(batch, heads, length, dim, with_bias):
+    gen = torch.Generator().manual_seed(0)
+    qkv = torch.randn(batch, length, 3 * heads * dim, generator=gen)
+    bias = torch.randn(3 * heads * dim, generator=gen) if with_bias else None
+    mask = padding_mask(batch, length, length)
+    ours = packed_run(qkv, bias, heads, mask, 0.3, dim ** -0.5, packed=True)
+    unpacked = packed_run(qkv, bias, heads, mask, 0.3, dim ** -0.5, packed=False)
+    assert ours[0].shape == (batch, length, heads, dim) and ours[1].shape == qkv.shape
+    for name, a, b in zip(["output", "d qkv", "d bias"], ours, unpacked):
+        tolerance = 2e-6 * max(1.0, batch * length / 10)  # the bias gradient sums over every position
+        assert torch.allclose(a, b, atol=tolerance, rtol=1e-5), (name, (a - b).abs().max().item())
+    # negative control: the bias matters
+    if with_bias:
+        assert not torch.allclose(packed_run(qkv, None, heads, mask, 0.3, dim ** -0.5, packed=True)[0], ours[0], atol=1e-3)
+
+
+def test_packed_results_do_not_depend_on_the_thread_count():
+    gen = torch.Generator().manual_seed(0)
+    qkv, bias = torch.randn(4, 64, 3 * 4 * 32, generator=gen), torch.randn(3 * 4 * 32, generator=gen)
+    mask = padding_mask(4, 64, 64)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = packed_run(qkv, bias, 4, mask, 0.1, 0.2, packed=True)
+        torch.set_num_threads(2)
+        two = packed_run(qkv, bias, 4, mask, 0.1, 0.2, packed=True)
+    finally:
+        torch.set_num_threads(threads)
+    assert all(torch.equal(a, b) for a, b in zip(one, two))
+
+
+@pytest.mark.parametrize("model", ["bert", "roberta"])
+def test_packed_self_attention_trains_the_same_as_the_three_projections(monkeypatch, model):
+    """fused_blocks.install gives BERT-style self-attention one product of the three weights and the
+    packed kernel: same masks, same outputs and gradients (to float rounding) as the modules' own
+    three linear layers and the unpacked kernel; the packed kernel really runs in training, and
+    evaluation keeps the stock path."""
+    from transformers import AutoConfig, AutoModel
+
+    from ernie_cl.model import fused_blocks
+
+    config = AutoConfig.for_model(model, vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                  intermediate_size=64, max_position_embeddings=40)
+    ids = torch.randint(3, 50, (3, 12), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    mask[2, 8:] = 0
+    calls = []
+    kernel = fused.packed_attention
+    monkeypatch.setattr(fused, "packed_attention", lambda *args: calls.append(1) or kernel(*args))
+    results = []
+    for packed in (True, False):
+        torch.manual_seed(0)
+        backbone = AutoModel.from_config(config, add_pooling_layer=False, attn_implementation="sdpa")
+        dropout.install(backbone, fused_attention=True)
+        if packed:
+            assert fused_blocks.install(backbone) == 3 * config.num_hidden_layers  # + two output blocks a layer
+        backbone.train()
+        torch.manual_seed(11)
+        out = backbone(ids, attention_mask=mask).last_hidden_state
+        (out * torch.randn(out.shape, generator=torch.Generator().manual_seed(2))).sum().backward()
+        results.append((out.detach(), [p.grad for p in backbone.parameters()], list(backbone.state_dict())))
+        if packed:
+            assert len(calls) == config.num_hidden_layers
+            backbone.eval()
+            with torch.no_grad():
+                backbone(ids, attention_mask=mask)
+            assert len(calls) == config.num_hidden_layers  # evaluation: the stock SDPA path
+    (out_on, grads_on, keys_on), (out_off, grads_off, keys_off) = results
+    assert keys_on == keys_off
+    assert torch.allclose(out_on, out_off, atol=1e-5)
+    assert all((a - b).abs().max() <= 1e-5 * max(1.0, b.abs().max().item()) for a, b in zip(grads_on, grads_off))
+
+
+def test_zero3_parameters_keep_the_three_projections(monkeypatch):
+    """A ZeRO-3 parameter (ds_id) is gathered by its own module's forward hook, so self-attention
+    holding one calls its three linear layers, not the packed kernel."""
+    from transformers import BertConfig, BertModel
+
+    from ernie_cl.model import fused_blocks
+
+    calls = []
+    kernel = fused.packed_attention
+    monkeypatch.setattr(fused, "packed_attention", lambda *args: calls.append(1) or kernel(*args))
+    backbone = BertModel._from_config(BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                                 intermediate_size=64), add_pooling_layer=False, attn_implementation="sdpa")
+    dropout.install(backbone, fused_attention=True)
+    fused_blocks.install(backbone)
+    backbone.train()
+    ids = torch.randint(3, 50, (2, 10), generator=torch.Generator().manual_seed(3))
+    backbone(ids)
+    assert len(calls) == 1
+    backbone.encoder.layer[0].attention.self.key.weight.ds_id = 7
+    backbone(ids)
+    assert len(calls) == 1

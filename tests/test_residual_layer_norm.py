@@ -81,8 +81,8 @@ def test_install_patches_the_output_blocks_and_training_matches_the_unfused_mode
     for fused in (True, False):
         backbone = bert(model)
         dropout.install(backbone, fused_attention=False)
-        if fused:  # attention and feed-forward output block of each layer
-            assert fused_blocks.install(backbone) == 2 * backbone.config.num_hidden_layers
+        if fused:  # attention and feed-forward output block and self-attention of each layer
+            assert fused_blocks.install(backbone) == 3 * backbone.config.num_hidden_layers  # + self-attention
         backbone.train()
         torch.manual_seed(11)
         out = backbone(ids, attention_mask=mask).last_hidden_state

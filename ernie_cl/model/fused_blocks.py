@@ -1,4 +1,4 @@
-"""The backbone's "dense -> dropout -> LayerNorm(h + residual)" output blocks on one CPU kernel
+"""The backbone's output blocks and self-attention modules on ernie-cl's CPU kernels
 (``training.fused_kernels``, on by default with ``training.fast_dropout``).
 
 BERT and the encoders that copy its code (RoBERTa, ERNIE, ELECTRA, ...) end the attention and the
@@ -16,6 +16,16 @@ layer's bias and sums its gradient, so the product is taken without it) while tr
 float32, with the cheap dropout's mask and seed draw, so a step computes what the unfused ops compute
 up to float rounding. Otherwise (evaluation, other devices, ZeRO-3 parameters) it runs the module's
 own ops. Parameters and state dict keys are unchanged.
+
+The same encoders compute self-attention's query, key and value with three linear layers (three
+products, their biases copied into the outputs and their gradients summed, three products for the
+input's gradient and their sum). A self-attention module whose forward is exactly BERT's
+(``_SELF_ATTENTION``) gets a forward that, in a training step with the fused attention kernel,
+takes one product of the three weights concatenated and hands it to the packed kernel
+(``ernie_cl.kernels.attention.packed_attention``), which adds the biases as it reads each head and
+returns the gradient packed, so backward is one product for the input's gradient and one for the
+weights'. Everything else (evaluation, a cache, other devices, ZeRO-3 parameters, another attention
+implementation) runs the module's own forward.
 """
 
 from __future__ import annotations
@@ -27,26 +37,57 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ernie_cl.kernels import attention as attention_kernel
 from ernie_cl.kernels import residual_layer_norm as fused
-from ernie_cl.model.dropout import CheapDropout, draw_seed, threshold
+from ernie_cl.model.dropout import FUSED_ATTENTION_NAME, CheapDropout, draw_seed, threshold
 
 _PATTERN = ("hidden_states = self.dense(hidden_states)", "hidden_states = self.dropout(hidden_states)",
             "hidden_states = self.LayerNorm(hidden_states + input_tensor)", "return hidden_states")
+
+
+# BERT's self-attention forward (transformers 5; RoBERTa, ELECTRA and ERNIE copy it), without comments
+_SELF_ATTENTION = (
+    "input_shape = hidden_states.shape[:-1]", "hidden_shape = (*input_shape, -1, self.attention_head_size)",
+    "query_layer = self.query(hidden_states).view(*hidden_shape).transpose(1, 2)",
+    "key_layer = self.key(hidden_states).view(*hidden_shape).transpose(1, 2)",
+    "value_layer = self.value(hidden_states).view(*hidden_shape).transpose(1, 2)",
+    "if cache is not None:", "current_cache = cache", "if isinstance(cache, EncoderDecoderCache):",
+    "current_cache = cache.self_attention_cache",
+    "key_layer, value_layer = current_cache.update(key_layer, value_layer, self.layer_idx, kwargs=kwargs)",
+    "attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(",
+    "self.config._attn_implementation, eager_attention_forward", ")",
+    "attn_output, attn_weights = attention_interface(", "self,", "query_layer,", "key_layer,", "value_layer,",
+    "attention_mask,", "dropout=0.0 if not self.training else self.dropout.p,", "scaling=self.scaling,", "**kwargs,", ")",
+    "attn_output = attn_output.reshape(*input_shape, -1).contiguous()", "return attn_output, attn_weights")
+
+
+def _forward_source(module: nn.Module) -> tuple[str, tuple[str, ...]]:
+    """(the forward's signature on one line, its body's lines stripped, without comments), or empty
+    ones when the source cannot be read"""
+    try:
+        source = inspect.getsource(type(module).forward)
+    except (OSError, TypeError):
+        return "", ()
+    lines = [line.strip() for line in source.splitlines()]
+    end = next((i for i, line in enumerate(lines) if line.endswith(":")), len(lines))  # the signature's last line
+    return " ".join(lines[:end + 1]).replace("( ", "("), tuple(line for line in lines[end + 1:] if line and not line.startswith("#"))
 
 
 def _matches(module: nn.Module) -> bool:
     if not (isinstance(getattr(module, "dense", None), nn.Linear) and isinstance(getattr(module, "dropout", None), CheapDropout)
             and type(getattr(module, "LayerNorm", None)) is nn.LayerNorm):
         return False
-    try:
-        source = inspect.getsource(type(module).forward)
-    except (OSError, TypeError):
-        return False
-    lines = [line.strip() for line in source.splitlines()]
-    end = next((i for i, line in enumerate(lines) if line.endswith(":")), len(lines))  # the signature's last line
-    signature = " ".join(lines[:end + 1])
-    body = tuple(line for line in lines[end + 1:] if line and not line.startswith("#"))
+    signature, body = _forward_source(module)
     return body == _PATTERN and "(self, hidden_states" in signature and "input_tensor" in signature
+
+
+def _is_self_attention(module: nn.Module) -> bool:
+    if not (all(isinstance(getattr(module, name, None), nn.Linear) for name in ("query", "key", "value"))
+            and isinstance(getattr(module, "dropout", None), CheapDropout)):
+        return False
+    signature, body = _forward_source(module)
+    return (body == _SELF_ATTENTION and "(self, hidden_states" in signature and "attention_mask" in signature
+            and "cache" in signature)
 
 
 def _fused_forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
@@ -67,12 +108,45 @@ def _fused_forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor
     return norm(self.dropout(dense(hidden_states)) + input_tensor)
 
 
+def _packed_self_attention(self, hidden_states: torch.Tensor, attention_mask=None, cache=None, **kwargs):
+    linears = (self.query, self.key, self.value)
+    heads, size = self.num_attention_heads, self.attention_head_size
+    biases = [linear.bias for linear in linears]
+    p = self.dropout.p
+    # the cases in which the stock forward would run the fused attention kernel (dropout._attention)
+    # on plain float32 CPU tensors; ZeRO-3 parameters (ds_id) are gathered by their modules' hooks
+    if (cache is None and self.training and torch.is_grad_enabled() and p < 1.0
+            and getattr(self.config, "_attn_implementation", None) == FUSED_ATTENTION_NAME
+            and not getattr(self, "is_causal", False) and hidden_states.dim() == 3 and hidden_states.shape[1] > 1
+            and kwargs.get("position_bias") is None and kwargs.get("softcap") is None
+            and hidden_states.dtype == torch.float32 and hidden_states.device.type == "cpu"
+            and all(linear.weight.shape == (heads * size, hidden_states.shape[-1]) and not hasattr(linear.weight, "ds_id")
+                    and linear.weight.dtype == torch.float32 for linear in linears)
+            and (all(b is None for b in biases) or all(b is not None and b.dtype == torch.float32
+                                                         and not hasattr(b, "ds_id") for b in biases))
+            and attention_kernel.packed_available()):
+        # one product of the three weights; the kernel adds the biases and returns the gradient packed
+        qkv = F.linear(hidden_states, torch.cat([linear.weight for linear in linears]))
+        bias = None if biases[0] is None else torch.cat(biases)
+        mask = attention_mask
+        if mask is not None and mask.dtype == torch.bool:  # True = may attend, as dropout._attention reads it
+            mask = torch.where(mask, 0.0, torch.finfo(qkv.dtype).min).to(qkv.dtype)
+        seed = draw_seed() if p > 0.0 else 0  # the draw dropout._attention makes (none at p = 0)
+        out = attention_kernel.packed_attention(qkv, bias, heads, mask, self.scaling, seed, threshold(p), 1.0 / (1.0 - p))
+        return out.reshape(*hidden_states.shape[:-1], -1), None
+    return type(self).forward(self, hidden_states, attention_mask=attention_mask, cache=cache, **kwargs)
+
+
 def install(backbone: nn.Module) -> int:
-    """Give every matching output block the fused forward; returns how many there were. Call after
-    ``dropout.install`` (the blocks' dropouts must be ``CheapDropout``)."""
+    """Give every matching output block and self-attention module its fused forward; returns how many
+    modules were patched. Call after ``dropout.install`` (the blocks' dropouts must be ``CheapDropout``;
+    the self-attention forward runs the kernel only when the backbone uses the fused attention)."""
     count = 0
     for module in backbone.modules():
         if _matches(module):
             module.forward = types.MethodType(_fused_forward, module)
+            count += 1
+        elif _is_self_attention(module):
+            module.forward = types.MethodType(_packed_self_attention, module)
             count += 1
     return count
