@@ -51,3 +51,33 @@ def test_a_single_process_engine_uses_fused_adamw_and_no_allreduce():
     engine = create_engine(Tiny(), {"zero_optimization": {"stage": 0}}, training, total_steps=5)
     assert engine.enable_backward_allreduce is False
     assert all(group["fused"] for group in engine.basic_optimizer.param_groups)
+
+
+def test_a_finished_run_lets_its_model_go_under_zero3(tmp_path, tmp_path_factory, monkeypatch):
+    """``ernie-cl compare`` trains its strategies one after another in one process. DeepSpeed's ZeRO-3
+    keeps a finished engine's model reachable (parameter hooks, a module-level stack, a class-level
+    cache) unless the trainer releases it; three runs in a row kept three models before it did."""
+    import gc
+    import weakref
+
+    from test_distributed import shared_cache, write_schedule
+
+    from ernie_cl.training import trainer
+
+    models = []
+    build = trainer.build_model
+
+    def watched(*args, **kwargs):
+        model = build(*args, **kwargs)
+        models.append(weakref.ref(model))
+        return model
+
+    monkeypatch.setattr(trainer, "build_model", watched)
+    schedule = write_schedule(tmp_path, "zero3", checkpoint_every=0)
+    for run in ("a", "b"):
+        summary = trainer.train(schedule, tmp_path / run, wandb_mode="disabled", cache_dir=shared_cache(tmp_path_factory),
+                                show_progress=False)
+        assert summary["stages"]  # it trained
+        gc.collect()
+        assert [ref() for ref in models] == [None] * len(models), f"after run {run}: a model is still alive"
+    assert len(models) == 2

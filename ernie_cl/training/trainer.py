@@ -32,7 +32,7 @@ from ernie_cl import faults
 from ernie_cl.training import checkpoint as ckpt, distributed
 from ernie_cl.training.curriculum import Curriculum, Step
 from ernie_cl.training.allocator import TRIM_EVERY_STEPS, keep_freed_memory, release_free_memory
-from ernie_cl.training.engine import create_engine, name_accelerator
+from ernie_cl.training.engine import create_engine, name_accelerator, release_engine
 from ernie_cl.training.heldout_eval import evaluate, trivial_baselines
 from ernie_cl.training.metric_sinks import MetricsLog, WandbSink, print_eval_table
 from ernie_cl.training.stopping import GracefulStop, StopRequested
@@ -52,7 +52,15 @@ def train(
 ) -> dict[str, Any]:
     """Run (or resume) a schedule; returns the summary also written to ``RUN/summary.json``.
     ``data_engine`` / ``ray_address``: how rank 0 builds missing data caches (see ``prepare``); the other
-    ranks read what rank 0 built, on the local engine."""
+    ranks read what rank 0 built, on the local engine. However it ends, the run's engine is released
+    (``release_engine``), so a caller that trains again in this process does not keep the last model."""
+    with contextlib.ExitStack() as cleanup:
+        return _train(schedule_path, run_dir, resume, wandb_mode, cache_dir, show_progress, allow_config_change,
+                      wandb_group, data_engine, ray_address, cleanup)
+
+
+def _train(schedule_path, run_dir, resume, wandb_mode, cache_dir, show_progress, allow_config_change, wandb_group,
+           data_engine, ray_address, cleanup: contextlib.ExitStack) -> dict[str, Any]:
     name_accelerator()
     schedule_path = Path(schedule_path)
     schedule = load_schedule(schedule_path)
@@ -87,6 +95,7 @@ def train(
     model = build_model(schedule, model_cfg, prepared)
     curriculum = Curriculum(prepared.stages, schedule.seed)
     engine = create_engine(model, ds_cfg, training, curriculum.total_steps)
+    cleanup.callback(release_engine, engine)
     device = engine.device
     # one stream per task, and one per fused group of token-level tasks (its name: "a+b+c")
     streams = {
