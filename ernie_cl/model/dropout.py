@@ -109,6 +109,14 @@ class CheapDropout(nn.Dropout):
         return cheap_dropout(x, self.p, self.training)
 
 
+def additive_mask(mask, dtype: torch.dtype):
+    """SDPA's mask as the kernels and the math path add it: a boolean one (True = may attend) becomes
+    0 / the dtype's lowest value; a float one or None is returned as it is."""
+    if mask is not None and mask.dtype == torch.bool:
+        return torch.where(mask, 0.0, torch.finfo(dtype).min).to(dtype)
+    return mask
+
+
 def _fused_attention(module, query, key, value, attention_mask, dropout: float = 0.0, scaling=None, **kwargs):
     """``_attention``, with the fused CPU kernel where it applies (float32 CPU tensors, MKL)."""
     return _attention(module, query, key, value, attention_mask, dropout, scaling, fused=True, **kwargs)
@@ -130,8 +138,7 @@ def _attention(module, query, key, value, attention_mask, dropout: float = 0.0, 
     if not kernel and not (supported and dropout > 0.0):  # neither the kernel nor the math path
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
     scale = query.shape[-1] ** -0.5 if scaling is None else scaling
-    if attention_mask is not None and attention_mask.dtype == torch.bool:
-        attention_mask = torch.where(attention_mask, 0.0, torch.finfo(query.dtype).min).to(query.dtype)
+    attention_mask = additive_mask(attention_mask, query.dtype)
     if kernel:
         # the same mask draw as the math path below (one seed per call, same element indices; none at p = 0)
         seed = draw_seed() if dropout > 0.0 else 0

@@ -39,7 +39,7 @@ from torch import nn
 
 from ernie_cl.kernels import attention as attention_kernel
 from ernie_cl.kernels import residual_layer_norm as fused
-from ernie_cl.model.dropout import FUSED_ATTENTION_NAME, CheapDropout, draw_seed, threshold
+from ernie_cl.model.dropout import FUSED_ATTENTION_NAME, CheapDropout, additive_mask, draw_seed, threshold
 
 _PATTERN = ("hidden_states = self.dense(hidden_states)", "hidden_states = self.dropout(hidden_states)",
             "hidden_states = self.LayerNorm(hidden_states + input_tensor)", "return hidden_states")
@@ -128,9 +128,7 @@ def _packed_self_attention(self, hidden_states: torch.Tensor, attention_mask=Non
         # one product of the three weights; the kernel adds the biases and returns the gradient packed
         qkv = F.linear(hidden_states, torch.cat([linear.weight for linear in linears]))
         bias = None if biases[0] is None else torch.cat(biases)
-        mask = attention_mask
-        if mask is not None and mask.dtype == torch.bool:  # True = may attend, as dropout._attention reads it
-            mask = torch.where(mask, 0.0, torch.finfo(qkv.dtype).min).to(qkv.dtype)
+        mask = additive_mask(attention_mask, qkv.dtype)
         seed = draw_seed() if p > 0.0 else 0  # the draw dropout._attention makes (none at p = 0)
         out = attention_kernel.packed_attention(qkv, bias, heads, mask, self.scaling, seed, threshold(p), 1.0 / (1.0 - p))
         return out.reshape(*hidden_states.shape[:-1], -1), None
