@@ -228,7 +228,7 @@ def test_packed_self_attention_trains_the_same_as_the_three_projections(monkeypa
         backbone = AutoModel.from_config(config, add_pooling_layer=False, attn_implementation="sdpa")
         dropout.install(backbone, fused_attention=True)
         if packed:
-            assert fused_blocks.install(backbone) == 3 * config.num_hidden_layers  # + two output blocks a layer
+            assert fused_blocks.install(backbone) == 4 * config.num_hidden_layers  # + two output blocks and the widening
         backbone.train()
         torch.manual_seed(11)
         out = backbone(ids, attention_mask=mask).last_hidden_state

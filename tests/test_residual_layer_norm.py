@@ -81,8 +81,8 @@ def test_install_patches_the_output_blocks_and_training_matches_the_unfused_mode
     for fused in (True, False):
         backbone = bert(model)
         dropout.install(backbone, fused_attention=False)
-        if fused:  # attention and feed-forward output block and self-attention of each layer
-            assert fused_blocks.install(backbone) == 3 * backbone.config.num_hidden_layers  # + self-attention
+        if fused:  # attention and feed-forward output blocks, self-attention and the widening of each layer
+            assert fused_blocks.install(backbone) == 4 * backbone.config.num_hidden_layers
         backbone.train()
         torch.manual_seed(11)
         out = backbone(ids, attention_mask=mask).last_hidden_state
@@ -109,7 +109,11 @@ def test_only_blocks_with_exactly_that_forward_and_cheap_dropout_are_patched():
             return hidden_states
 
     assert fused_blocks.install(nn.Sequential(PostNorm())) == 0
-    assert fused_blocks.install(bert()) == 0  # torch's nn.Dropout still in place (fast_dropout off)
+    # torch's nn.Dropout still in place (fast_dropout off): only the widening blocks, which have no dropout
+    backbone = bert()
+    assert fused_blocks.install(backbone) == backbone.config.num_hidden_layers
+    assert all("forward" not in vars(layer.output) and "forward" not in vars(layer.attention.self)
+               and "forward" in vars(layer.intermediate) for layer in backbone.encoder.layer)
 
 
 def test_zero3_parameters_keep_the_modules_own_calls(monkeypatch):

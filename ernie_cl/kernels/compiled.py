@@ -1,4 +1,4 @@
-"""Building ernie-cl's CPU kernels (``csrc/``: dropout masks, cross-entropy, attention, residual LayerNorm) on first use, once per machine.
+"""Building ernie-cl's CPU kernels (``csrc/``: dropout masks, cross-entropy, attention, residual LayerNorm, bias + GELU) on first use, once per machine.
 
 torch's extension builder compiles the sources with the machine's g++ (which DeepSpeed's CPU
 backend needs anyway) into ``TORCH_EXTENSIONS_DIR`` (default ``~/.cache/torch_extensions``); the
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-SOURCES = [Path(__file__).parent / "csrc" / name for name in ("hash_dropout.cpp", "cross_entropy.cpp", "attention.cpp", "residual_layer_norm.cpp")]
+SOURCES = [Path(__file__).parent / "csrc" / name for name in ("hash_dropout.cpp", "cross_entropy.cpp", "attention.cpp", "residual_layer_norm.cpp", "bias_gelu.cpp")]
 HEADERS = [Path(__file__).parent / "csrc" / "counter_hash.h"]
 DISABLE_ENV = "ERNIE_CL_NO_KERNELS"  # set to 1: never build or load, use the torch-op paths
 
@@ -71,11 +71,12 @@ def load() -> bool:
 
         name = _build_name()
         if not _built(cpp_extension, name):
-            print("ernie-cl: compiling its CPU kernels (dropout, cross-entropy, attention, LayerNorm; once per machine, about 10-20 s)",
+            print("ernie-cl: compiling its CPU kernels (dropout, cross-entropy, attention, LayerNorm, GELU; once per machine, about 10-20 s)",
                   file=sys.stderr, flush=True)
         cpp_extension.load(name=name, sources=[str(p) for p in SOURCES], is_python_module=False,
                            extra_cflags=_compile_flags(), extra_ldflags=["-fopenmp"], verbose=False)
-        return all(hasattr(torch.ops.ernie_cl, op) for op in ("hash_dropout", "cross_entropy_forward", "attention_forward", "residual_layer_norm_forward"))
+        return all(hasattr(torch.ops.ernie_cl, op) for op in ("hash_dropout", "cross_entropy_forward", "attention_forward", "residual_layer_norm_forward",
+                                                          "bias_gelu_forward"))
     except Exception as exc:  # no compiler, no ninja, a read-only cache: the torch-op paths still work
         print(f"ernie-cl: CPU kernels unavailable ({str(exc).splitlines()[0][:200]}); using torch ops", file=sys.stderr)
         return False

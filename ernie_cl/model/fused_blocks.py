@@ -26,6 +26,11 @@ takes one product of the three weights concatenated and hands it to the packed k
 returns the gradient packed, so backward is one product for the input's gradient and one for the
 weights'. Everything else (evaluation, a cache, other devices, ZeRO-3 parameters, another attention
 implementation) runs the module's own forward.
+
+The feed-forward widening (``_INTERMEDIATE``: ``dense`` then transformers' exact GELU) gets a forward
+that, in training on float32 CPU parameters, takes the product without the bias and hands it to
+``ernie_cl.kernels.bias_gelu``, which adds the bias, applies GELU and keeps GELU's derivative for
+backward. It has no dropout, so it is patched whether or not the blocks' dropouts are the cheap ones.
 """
 
 from __future__ import annotations
@@ -38,11 +43,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from ernie_cl.kernels import attention as attention_kernel
+from ernie_cl.kernels import bias_gelu
 from ernie_cl.kernels import residual_layer_norm as fused
 from ernie_cl.model.dropout import FUSED_ATTENTION_NAME, CheapDropout, additive_mask, draw_seed, threshold
 
 _PATTERN = ("hidden_states = self.dense(hidden_states)", "hidden_states = self.dropout(hidden_states)",
             "hidden_states = self.LayerNorm(hidden_states + input_tensor)", "return hidden_states")
+
+# BERT's feed-forward widening (the "intermediate" module; RoBERTa, ELECTRA and ERNIE copy it)
+_INTERMEDIATE = ("hidden_states = self.dense(hidden_states)", "hidden_states = self.intermediate_act_fn(hidden_states)",
+                 "return hidden_states")
 
 
 # BERT's self-attention forward (transformers 5; RoBERTa, ELECTRA and ERNIE copy it), without comments
@@ -90,6 +100,17 @@ def _is_self_attention(module: nn.Module) -> bool:
             and "cache" in signature)
 
 
+def _is_intermediate(module: nn.Module) -> bool:
+    """BERT's widening with the exact GELU (transformers' ``GELUActivation`` on ``F.gelu``; the tanh
+    approximation and other activations keep the module's own forward)"""
+    act = getattr(module, "intermediate_act_fn", None)
+    if not (isinstance(getattr(module, "dense", None), nn.Linear) and type(act).__name__ == "GELUActivation"
+            and getattr(act, "act", None) is F.gelu):
+        return False
+    signature, body = _forward_source(module)
+    return body == _INTERMEDIATE and "(self, hidden_states" in signature
+
+
 def _fused_forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor) -> torch.Tensor:
     dense, norm, p = self.dense, self.LayerNorm, self.dropout.p
     # ZeRO-3 parameters (ds_id) are gathered by their own modules' forward hooks, and its prefetching
@@ -106,6 +127,18 @@ def _fused_forward(self, hidden_states: torch.Tensor, input_tensor: torch.Tensor
         return fused.residual_layer_norm(product, input_tensor, norm.weight, norm.bias, norm.eps, seed,
                                          threshold(p), 1.0 / (1.0 - p), h_bias=dense.bias)
     return norm(self.dropout(dense(hidden_states)) + input_tensor)
+
+
+def _bias_gelu_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+    dense = self.dense
+    # training on plain float32 CPU parameters (ZeRO-3's ds_id ones are gathered by the module's hooks)
+    if (self.training and torch.is_grad_enabled() and not hasattr(dense.weight, "ds_id")
+            and (dense.bias is None or not hasattr(dense.bias, "ds_id")) and hidden_states.dtype == torch.float32
+            and dense.weight.shape[-1] == hidden_states.shape[-1] and bias_gelu.available(dense.weight.t(), dense.bias)):
+        # (the weight's transpose has the product's device, dtype and last dimension)
+        # the product without its bias: the kernel adds it in GELU's pass and keeps GELU's derivative
+        return bias_gelu.bias_gelu(F.linear(hidden_states, dense.weight), dense.bias)
+    return self.intermediate_act_fn(dense(hidden_states))
 
 
 def _packed_self_attention(self, hidden_states: torch.Tensor, attention_mask=None, cache=None, **kwargs):
@@ -146,5 +179,8 @@ def install(backbone: nn.Module) -> int:
             count += 1
         elif _is_self_attention(module):
             module.forward = types.MethodType(_packed_self_attention, module)
+            count += 1
+        elif _is_intermediate(module):
+            module.forward = types.MethodType(_bias_gelu_forward, module)
             count += 1
     return count
