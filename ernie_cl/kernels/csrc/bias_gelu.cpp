@@ -7,9 +7,9 @@
 // both gelu(x) and gelu'(x) = Phi(x) + x phi(x); backward is then grad * gelu'(x), a memory-bound
 // pass that also sums the bias gradient. The saved tensor (gelu'(x) in place of x) has the same size.
 //
-// The formulas are torch's (0.5 x (1 + erf(x / sqrt 2)) and its derivative) with the erf
-// approximation ATen's vectorised erf uses, whose exp(-x^2 / 2) is also the derivative's: one
-// exponential per element. Values agree with F.gelu and its backward to float rounding (tested). The bias
+// The formulas are torch's (0.5 x (1 + erf(x / sqrt 2)) and its derivative) with a rational erf
+// approximation whose exp(-x^2 / 2) is also the derivative's: one exponential per element. Values
+// agree with F.gelu and its backward to float rounding (tested). The bias
 // gradient sums fixed blocks of rows, then the blocks in order: results do not depend on the
 // number of threads (resume stays bitwise exact).
 #include <ATen/ATen.h>
@@ -27,7 +27,7 @@ using Vec = at::vec::Vectorized<float>;
 constexpr int64_t kRowsPerBlock = 64;  // the bias gradient's summation blocks (fixed: thread-count independent)
 
 // (gelu(x), gelu'(x)) = (x Phi(x), Phi(x) + x phi(x)), Phi(x) = (1 + erf(x / sqrt 2)) / 2. erf by
-// Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7, the approximation ATen's vectorised erf uses):
+// Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7, about float32's resolution near 1):
 // erf(z) = 1 - t (a1 + t (a2 + t (a3 + t (a4 + t a5)))) exp(-z^2), t = 1 / (1 + p |z|), odd in z.
 // Its exp(-z^2) is exp(-x^2 / 2), phi's exponential: the derivative costs a few products more.
 inline std::pair<Vec, Vec> gelu_and_derivative(Vec x) {
