@@ -20,11 +20,11 @@ from torch.autograd.function import once_differentiable
 from ernie_cl.kernels import compiled
 
 
-def available(h: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
-    """For a float32 CPU ``h`` (or a product that will be one: only its device, dtype and last
-    dimension are read) and a float32 bias with one value per column of h, or None: the kernels built."""
-    return (h.device.type == "cpu" and h.dtype == torch.float32 and h.dim() >= 1
-            and (bias is None or (bias.dtype == torch.float32 and bias.shape == (h.shape[-1],)))
+def available(weight: torch.Tensor, bias: Optional[torch.Tensor]) -> bool:
+    """For the linear layer whose product (taken without ``bias``) the kernel gets: a float32 CPU
+    ``weight`` [out, in] and a float32 ``bias`` [out] or None; the kernels built."""
+    return (weight.device.type == "cpu" and weight.dtype == torch.float32 and weight.dim() == 2
+            and (bias is None or (bias.dtype == torch.float32 and bias.shape == (weight.shape[0],)))
             and compiled.load())
 
 

@@ -134,8 +134,7 @@ def _bias_gelu_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
     # training on plain float32 CPU parameters (ZeRO-3's ds_id ones are gathered by the module's hooks)
     if (self.training and torch.is_grad_enabled() and not hasattr(dense.weight, "ds_id")
             and (dense.bias is None or not hasattr(dense.bias, "ds_id")) and hidden_states.dtype == torch.float32
-            and dense.weight.shape[-1] == hidden_states.shape[-1] and bias_gelu.available(dense.weight.t(), dense.bias)):
-        # (the weight's transpose has the product's device, dtype and last dimension)
+            and bias_gelu.available(dense.weight, dense.bias)):
         # the product without its bias: the kernel adds it in GELU's pass and keeps GELU's derivative
         return bias_gelu.bias_gelu(F.linear(hidden_states, dense.weight), dense.bias)
     return self.intermediate_act_fn(dense(hidden_states))
