@@ -120,7 +120,24 @@ def create_engine(model: torch.nn.Module, ds_cfg: dict[str, Any], training: Trai
         # one process: the gradient all-reduce is an identity that still flattens, reduces, divides
         # by 1 and copies back every gradient each step; skipping it changes no bit
         engine.enable_backward_allreduce = False
+        if not (engine.fp16_enabled() or engine.bfloat16_enabled()):
+            engine.clip_fp32_gradients = lambda: clip_gradients(engine.module.parameters(), engine.gradient_clipping())
     return engine
+
+
+def clip_gradients(parameters, max_norm: float) -> None:
+    """DeepSpeed's fp32 clipping for one process (``deepspeed.runtime.utils.clip_grad_norm_``: the
+    2-norm of the per-parameter 2-norms, scaled by min(1, max_norm / (norm + 1e-6))), bit for bit, in
+    two foreach calls instead of a Python loop of two ops per parameter (~6 ms a step at 75 tensors).
+    The multiplication by exactly 1.0, an identity, is skipped; it touched every gradient each step."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    total = torch.stack(torch._foreach_norm(grads, 2.0)).pow(2.0).sum().float().pow(0.5)
+    # DeepSpeed's mean over one rank (total * 1.0 / 1) and its all-reduce over one rank are identities
+    coef = torch.min(torch.tensor([1.0]), torch.tensor([float(max_norm)]) / (total + 1e-6))
+    if coef.item() != 1.0:
+        torch._foreach_mul_(grads, coef.reshape(()))
 
 
 def release_engine(engine) -> None:
