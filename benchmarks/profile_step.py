@@ -10,6 +10,13 @@ embeddings, the fused AdamW kernel, and the rest (elementwise ops, copies, frame
     python benchmarks/profile_step.py                 # the throughput benchmark's CPU sizes
     python benchmarks/profile_step.py --compile       # the same with training.compile: true
     python benchmarks/profile_step.py --torch-dropout # torch's dropout masks instead of the cheap ones
+    python benchmarks/profile_step.py --per-call      # every op's own wall time, products by shape
+
+``--per-call`` times each ATen / ernie-cl operator call with ``time.perf_counter`` inside a
+``TorchDispatchMode`` instead of using the profiler, and lists the matrix products by shape with
+their GFLOP/s. The profiler's per-shape self times can mislead here: it put the backward weight
+products at 85-170 GFLOP/s, where timing each call gives 250-300 (2026-12-05). The mode adds a few
+microseconds of Python per call, so the step is slower under it; the products' times are not.
 
 Prints two tables (phases, operator kinds: ms per step and share of the step) and the top
 operators; the last line is one JSON object. The profiler adds some overhead of its own, so the
@@ -69,6 +76,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         "false) instead of the default cheap ones")
     parser.add_argument("--cache-dir", default=None, help="ernie-cl cache (default: the usual one)")
     parser.add_argument("--top", type=int, default=15, help="operators listed by self CPU time")
+    parser.add_argument("--per-call", action="store_true", help="time every operator call (wall clock, in a "
+                        "TorchDispatchMode) instead of the profiler; products listed by shape with GFLOP/s")
     return parser.parse_args(argv)
 
 
@@ -117,9 +126,72 @@ def step(engine, stream) -> int:
     return int(batch["attention_mask"].sum())
 
 
+PRODUCTS = ("aten.mm.default", "aten.addmm.default")
+
+
+def product_shape(name: str, args: tuple) -> tuple[int, int, int]:
+    """(m, k, n) of an mm (a, b) or addmm (bias, a, b) call."""
+    a, b = (args[0], args[1]) if name == "aten.mm.default" else (args[1], args[2])
+    return a.shape[0], a.shape[1], b.shape[1]
+
+
+def per_call(args, engine, stream) -> None:
+    """Each operator call's wall time over ``--steps`` steps; matrix products by shape (module docstring)."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    calls: dict[str, list] = defaultdict(lambda: [0, 0.0])
+    shapes: dict[tuple, list] = defaultdict(lambda: [0, 0.0])
+
+    class Timed(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, op_args=(), kwargs=None):
+            started = time.perf_counter()
+            out = func(*op_args, **(kwargs or {}))
+            seconds = time.perf_counter() - started
+            name = str(func)
+            calls[name][0] += 1
+            calls[name][1] += seconds
+            if name in PRODUCTS:
+                entry = shapes[product_shape(name, op_args)]
+                entry[0] += 1
+                entry[1] += seconds
+            return out
+
+    started = time.perf_counter()
+    with Timed():
+        tokens = sum(step(engine, stream) for _ in range(args.steps))
+    wall = (time.perf_counter() - started) / args.steps
+    timed = sum(seconds for _, seconds in calls.values()) / args.steps
+    print(f"\nstep: {wall * 1e3:.1f} ms with every call timed, {tokens / args.steps:.0f} tokens, threads {args.threads}; "
+          f"the calls' own time {timed * 1e3:.1f} ms, the rest (Python, autograd, between calls) {(wall - timed) * 1e3:.1f} ms")
+    flops = sum(2 * m * k * n * count for (m, k, n), (count, _) in shapes.items()) / args.steps
+    product_s = sum(seconds for _, seconds in shapes.values()) / args.steps
+    print(f"matrix products: {product_s * 1e3:.1f} ms a step ({product_s / wall:.1%} of it), "
+          f"{flops / product_s / 1e9:.1f} GFLOP/s over all of them")
+    print(f"\n{'operator':<52}{'calls':>7}{'ms/step':>10}")
+    for name, (count, seconds) in sorted(calls.items(), key=lambda kv: -kv[1][1])[: args.top]:
+        print(f"{name[:51]:<52}{count // args.steps:>7}{seconds / args.steps * 1e3:>10.2f}")
+    print(f"\n{'product (m x k) . (k x n)':<30}{'calls':>7}{'ms/step':>10}{'GFLOP/s':>9}")
+    for (m, k, n), (count, seconds) in sorted(shapes.items(), key=lambda kv: -kv[1][1])[: args.top]:
+        print(f"{f'{m} x {k} . {k} x {n}':<30}{count / args.steps:>7.1f}{seconds / args.steps * 1e3:>10.2f}"
+              f"{2 * m * k * n * count / seconds / 1e9:>9.1f}")
+    print(json.dumps({"settings": vars(args), "step_ms": round(wall * 1e3, 2), "calls_ms": round(timed * 1e3, 2),
+                      "products_ms": round(product_s * 1e3, 2), "products_gflops": round(flops / product_s / 1e9, 1),
+                      "ops": {name: {"calls": count // args.steps, "ms": round(seconds / args.steps * 1e3, 3)}
+                              for name, (count, seconds) in sorted(calls.items(), key=lambda kv: -kv[1][1])[: args.top]}}))
+
+
 def main() -> None:
     args = parse_args()
     from torch.profiler import ProfilerActivity, profile
+
+    if args.per_call:
+        with tempfile.TemporaryDirectory() as tmp:
+            engine, stream = build(args, Path(tmp))
+            for _ in range(args.warmup):
+                step(engine, stream)
+            per_call(args, engine, stream)
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         engine, stream = build(args, Path(tmp))
