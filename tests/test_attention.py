@@ -204,6 +204,47 @@ def test_packed_results_do_not_depend_on_the_thread_count():
     assert all(torch.equal(a, b) for a, b in zip(one, two))
 
 
+def test_sublayer_inputs_take_the_residual_gradient_inside_the_input_gradient_product():
+    """Each sublayer's input feeds its first product and the residual add: with the patches its two
+    gradients are summed inside the input-gradient product (addmm_, one per sublayer), so backward
+    has no separate [batch, seq, hidden] addition for them; the stock model has one per sublayer."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from transformers import BertConfig, BertModel
+
+    from ernie_cl.model import fused_blocks
+
+    class Count(TorchDispatchMode):
+        def __init__(self, shape):
+            super().__init__()
+            self.shape, self.adds, self.accumulating = shape, 0, 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten.add.Tensor and all(getattr(a, "shape", None) == self.shape for a in args[:2]):
+                self.adds += 1
+            if func is torch.ops.aten.addmm_.default:
+                self.accumulating += 1
+            return func(*args, **(kwargs or {}))
+
+    config = BertConfig(vocab_size=50, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                        max_position_embeddings=40)
+    ids = torch.randint(3, 50, (3, 12), generator=torch.Generator().manual_seed(3))
+    counts = {}
+    for patched in (True, False):
+        torch.manual_seed(0)
+        backbone = BertModel(config, add_pooling_layer=False)
+        dropout.install(backbone, fused_attention=True)
+        if patched:
+            fused_blocks.install(backbone)
+        backbone.train()
+        out = backbone(ids).last_hidden_state
+        with Count(out.shape) as count:
+            out.sum().backward()
+        counts[patched] = (count.adds, count.accumulating)
+    layers = config.num_hidden_layers
+    assert counts[True] == (0, 2 * layers)
+    assert counts[False][0] >= 2 * layers  # the control: autograd adds them when the patches are off
+
+
 @pytest.mark.parametrize("model", ["bert", "roberta"])
 def test_packed_self_attention_trains_the_same_as_the_three_projections(monkeypatch, model):
     """fused_blocks.install gives BERT-style self-attention one product of the three weights and the
