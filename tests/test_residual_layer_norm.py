@@ -116,6 +116,27 @@ def test_only_blocks_with_exactly_that_forward_and_cheap_dropout_are_patched():
                and "forward" in vars(layer.intermediate) for layer in backbone.encoder.layer)
 
 
+def test_a_residual_copy_nobody_takes_does_not_keep_the_step_alive():
+    """With torch's dropout only the widening is patched: the copy of its input it hands on for the
+    residual add is never taken by the (unpatched) output block. It must not keep the input, and with
+    it the step's tensors, alive after the step."""
+    import gc
+    import weakref
+
+    backbone = bert()
+    assert fused_blocks.install(backbone) == backbone.config.num_hidden_layers  # the widening blocks only
+    backbone.train()
+    inputs = []
+    for layer in backbone.encoder.layer:
+        layer.intermediate.register_forward_pre_hook(lambda module, args: inputs.append(weakref.ref(args[0])))
+    ids = torch.randint(3, 60, (3, 12), generator=torch.Generator().manual_seed(3))
+    for _ in range(2):
+        backbone(ids).last_hidden_state.sum().backward()
+    gc.collect()
+    assert len(inputs) == 2 * backbone.config.num_hidden_layers
+    assert all(ref() is None for ref in inputs)
+
+
 def test_zero3_parameters_keep_the_modules_own_calls(monkeypatch):
     """A ZeRO-3 parameter (DeepSpeed marks it with ds_id) is gathered by its module's forward hook,
     so a block holding one must call its modules, not the kernel; the output stays the block's."""

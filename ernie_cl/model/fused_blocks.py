@@ -131,8 +131,10 @@ class _ProductPassingInput(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, weight: torch.Tensor):
         ctx.set_materialize_grads(False)  # an unused output's gradient stays None
-        ctx.save_for_backward(x, weight)
-        return F.linear(x, weight), x.view_as(x)
+        # detached copies (same storage): the handed-on copy waits on x as an attribute, so neither it
+        # nor this node may refer back to x (a cycle through autograd that Python's gc cannot see)
+        ctx.save_for_backward(x.detach(), weight)
+        return F.linear(x, weight), x.detach()
 
     @staticmethod
     @once_differentiable
