@@ -69,6 +69,7 @@ before it (the host's speed drifts within a run; a pair a few seconds apart shar
 
     python benchmarks/throughput.py                       # the CPU settings, 5 rounds
     python benchmarks/throughput.py --rounds 9            # a narrower spread on a busy machine
+    python benchmarks/throughput.py --routes mlm --batch 256  # 256-sequence batches: the README's 65%-of-peak setting
     python benchmarks/throughput.py --routes hf,standalone --hf-compile
     python benchmarks/throughput.py --compile --hf-compile   # compiled against compiled
     python benchmarks/throughput.py --preset base --device cuda --precision bf16 --steps 50
